@@ -1,0 +1,204 @@
+"""Command line: ``python -m cam_core explain IMAGE... --backbone NAME --methods a,b --out DIR``.
+
+Writes DIR/<stem>/<method>.npy (float32, the image's H x W, in [0,1]), DIR/<stem>/<method>.png
+(overlay) and DIR/summary.json. Bad input: one line on stderr, exit code 2, the other images
+still processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .backbones import BackboneError, device_label, load_backbone
+from .engine import Explainer, LayerError
+from .images import ImageError, load_image
+from .methods import METHODS, Cancelled, MethodError, get_method
+from .render import NORMALISATIONS, overlay, to_image_map
+from .targets import TargetError, top_predictions
+
+EXIT_BAD_INPUT = 2
+USER_ERRORS = (ImageError, TargetError, LayerError, MethodError, BackboneError, Cancelled)
+
+
+def _fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+def _parse_params(items: list[str], methods: list[str]) -> dict[str, dict]:
+    """--param scorecam.batch_size=8 -> {'scorecam': {'batch_size': '8'}} (validated by the method)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise MethodError(f"--param expects METHOD.NAME=VALUE, got '{item}'")
+        if method not in methods:
+            raise MethodError(f"--param {item}: method {method} is not among --methods")
+        out.setdefault(method, {})[name] = value
+    for method, given in out.items():
+        out[method] = get_method(method).resolve_params(given)
+    return out
+
+
+def _warm_up(explainer: Explainer, image, methods: list[str], params: dict) -> None:
+    """Run each fast method once (and one batch of the model for the slow ones) so the
+    reported times exclude first-call costs (allocator, kernel selection, LAPACK init)."""
+    for m in methods:
+        spec = get_method(m)
+        if spec.slow:
+            x = explainer.forward(image).input
+            with torch.inference_mode():
+                explainer.backbone.model(x.expand(4, -1, -1, -1))
+        else:
+            explainer.compute(image, m, params=params.get(m))
+    explainer.clear()
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        for m in methods:
+            get_method(m)
+        params = _parse_params(args.param or [], methods)
+        if args.target not in (None, "auto") and args.target.lower().startswith("top") and args.target.lower() not in ("top1", "top-1"):
+            raise TargetError("the CLI explains one class per image: use --target N, a class name, or auto")
+        backbone = load_backbone(
+            args.backbone, args.device, checkpoint=args.checkpoint, num_classes=args.num_classes, class_names=args.class_names
+        )
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+        return EXIT_BAD_INPUT
+    explainer = Explainer(backbone)
+    for m in methods:
+        if backbone.kind not in get_method(m).kinds:
+            _fail(f"method {m} does not apply to {backbone.kind.upper()} backbones")
+            return EXIT_BAD_INPUT
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "backbone": backbone.name,
+        "weights": backbone.source,
+        "device": device_label(backbone.device),
+        "layer": explainer.layer_or_default(args.layer),
+        "normalisation": args.norm,
+        "timing": "per method: its own compute on top of the shared forward pass, in-process after a warm-up",
+        "images": {},
+        "errors": [],
+    }
+    failed = 0
+    warmed = False
+    used_stems: set[str] = set()
+    for path in args.images:
+        try:
+            image = load_image(path)
+            if not warmed:
+                _warm_up(explainer, image, methods, params)
+                warmed = True
+            stem = image.stem
+            n = 2
+            while stem in used_stems:
+                stem, n = f"{image.stem}-{n}", n + 1
+            used_stems.add(stem)
+            record = _explain_one(explainer, image, methods, params, args, out_dir / stem, stem)
+            summary["images"][stem] = record
+            print(f"{path}: target {record['target']['index']} ({record['target']['name']}), "
+                  f"{len(methods)} maps -> {out_dir / stem}")
+        except USER_ERRORS as exc:
+            failed += 1
+            # ImageError messages already start with the file's name.
+            _fail(str(exc) if isinstance(exc, ImageError) else f"{path}: {exc}")
+            summary["errors"].append({"image": str(path), "error": str(exc)})
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def _explain_one(explainer, image, methods, params, args, folder: Path, stem: str) -> dict:
+    target = explainer.targets(image, None if args.target in (None, "auto") else args.target)[0]
+    fwd = explainer.forward(image, args.layer)
+    results = {}
+    for m in methods:
+        progress = None
+        if get_method(m).slow and sys.stderr.isatty():
+            def progress(done, total, m=m):
+                print(f"\r{m}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
+        results[m] = explainer.compute(image, m, target, args.layer, params.get(m), progress=progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {
+        "file": str(image.name),
+        "size": list(image.size),
+        "notes": list(image.notes),
+        "top5": [
+            {"index": p.index, "name": p.name, "probability": round(p.probability, 6)}
+            for p in top_predictions(fwd.probs, explainer.backbone, 5)
+        ],
+        "target": {"index": target, "name": explainer.backbone.class_name(target)},
+        "forward_ms": round(fwd.forward_ms, 3),
+        "gradient_ms": round(fwd.gradient_ms.get(target, 0.0), 3),
+        "methods": {},
+    }
+    for m, res in results.items():
+        m01 = to_image_map(res.map, image.size, args.norm)
+        np.save(folder / f"{m}.npy", m01)
+        Image.fromarray(overlay(image.rgb, m01, args.opacity, args.colormap)).save(folder / f"{m}.png")
+        record["methods"][m] = {
+            "ms": round(res.ms, 3),
+            "label": res.label,
+            "layer": res.layer,
+            "approximate": res.approximate,
+            "npy": f"{stem}/{m}.npy",
+            "png": f"{stem}/{m}.png",
+        }
+    return record
+
+
+def cmd_list(_args: argparse.Namespace) -> int:
+    from .backbones import BACKBONES
+
+    print("backbones (offline):")
+    for e in BACKBONES.values():
+        print(f"  {e.name:24s} {e.description}")
+    print("  random:<timm arch>       random initialisation, no download")
+    print("  <timm arch>              timm pretrained weights from the hub (needs internet)")
+    print("methods:")
+    for spec in METHODS.values():
+        print(f"  {spec.name:24s} {spec.label}: {spec.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cam_core", description="CAM Explorer command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("explain", help="compute CAMs of images by several methods")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--methods", default="cam,gradcam", help="comma-separated, see `list`")
+    p.add_argument("--target", default="auto", help="class index, class name, or auto (top-1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--layer", default=None, help="feature layer (module name or 'features'); default per backbone")
+    p.add_argument("--out", required=True)
+    p.add_argument("--norm", default="minmax", choices=NORMALISATIONS)
+    p.add_argument("--opacity", type=float, default=0.5)
+    p.add_argument("--colormap", default="jet")
+    p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE", help="method parameter, repeatable")
+    p.add_argument("--checkpoint", default=None, help="local .safetensors/.pth for the timm arch named by --backbone")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--class-names", default=None, help="text file, one class name per line")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("list", help="list backbones and methods")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

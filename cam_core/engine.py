@@ -1,0 +1,305 @@
+"""The shared forward pass and the per-image cache every method draws from.
+
+One forward per (image, backbone, layer). The chosen layer's output is replaced, inside a
+forward hook, by a copy of a detached leaf tensor that requires grad: nothing before the
+layer records a graph (the parameters need no grad), everything after it does. So
+
+* the gradient of any class score w.r.t. the activations is ONE ``torch.autograd.grad``
+  through the part of the network after the layer (for the last layer: pooling + linear),
+  shared by every gradient method and cached per class;
+* in-place operations after the layer modify the copy, never the saved activation, and
+  cannot trip autograd's leaf checks;
+* the hook lives only inside a context manager, so it is always removed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .backbones import FEATURES, Backbone, BackboneError
+from .images import LoadedImage
+from .methods import METHODS, MethodError, MethodSpec, get_method
+from .methods.base import NEEDS_GRADIENT, NEEDS_HEAD
+from .targets import Prediction, TargetError, resolve_targets, top_predictions
+
+
+class LayerError(ValueError):
+    """A layer name that does not exist or has no spatial output."""
+
+
+class _LayerTap:
+    """Context manager: taps one named module's output as a grad-requiring leaf."""
+
+    def __init__(self, model: torch.nn.Module, layer: str):
+        self.model, self.layer = model, layer
+        self.leaf: torch.Tensor | None = None
+        self._handle = None
+
+    def __enter__(self) -> _LayerTap:
+        if self.layer != FEATURES:
+            try:
+                module = self.model.get_submodule(self.layer)
+            except AttributeError:
+                raise LayerError(f"the model has no layer named '{self.layer}'") from None
+            self._handle = module.register_forward_hook(self._hook)
+        return self
+
+    def _hook(self, _module, _inputs, output):
+        if not torch.is_tensor(output):
+            raise LayerError(f"layer '{self.layer}' returns {type(output).__name__}, not a tensor")
+        self.leaf = output.detach().requires_grad_(True)
+        return self.leaf.clone()
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+@dataclass
+class ForwardPass:
+    """Everything one forward of one image gives: logits, the tapped activations, the
+    head-input features, and the retained graph for per-class gradients."""
+
+    backbone: Backbone
+    layer: str
+    input: torch.Tensor  # 1 x 3 x H x W, normalised
+    logits: torch.Tensor  # K, detached
+    probs: torch.Tensor  # K
+    activations: torch.Tensor  # C x h x w at the tapped layer, detached
+    head_features: torch.Tensor | None  # C' x h' x w' fed to the classifier head (CAM)
+    forward_ms: float
+    _leaf: torch.Tensor = field(repr=False, default=None)
+    _graph_logits: torch.Tensor = field(repr=False, default=None)
+    _grads: dict = field(repr=False, default_factory=dict)
+    gradient_ms: dict = field(default_factory=dict)
+
+    def gradient(self, target: int) -> torch.Tensor:
+        """d logit_target / d activations (C x h x w), computed once per class."""
+        if target not in self._grads:
+            t0 = time.perf_counter()
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(self._graph_logits[0, target], self._leaf, retain_graph=True)
+            self._grads[target] = self.backbone.to_spatial(grad)
+            _sync(self.input.device)
+            self.gradient_ms[target] = (time.perf_counter() - t0) * 1000
+        return self._grads[target]
+
+
+@dataclass
+class MethodContext:
+    """What a method function receives: the cached forward pass plus progress/cancel hooks."""
+
+    fwd: ForwardPass
+    progress: Callable[[int, int], None] | None = None
+    cancel: Callable[[], bool] | None = None
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.fwd.backbone
+
+    @property
+    def activations(self) -> torch.Tensor:
+        return self.fwd.activations
+
+    def gradient(self, target: int) -> torch.Tensor:
+        return self.fwd.gradient(target)
+
+
+@dataclass(frozen=True)
+class CamResult:
+    method: str
+    label: str
+    target: int | None  # None for class-agnostic methods
+    target_name: str
+    map: torch.Tensor  # unnormalised, on the device, h x w (feature grid or input size)
+    ms: float  # the method's own compute time on top of the shared forward pass
+    layer: str
+    approximate: bool
+    params: tuple = ()
+    note: str = ""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Explainer:
+    """Computes and caches CAMs for one backbone. Thread-safe (one lock): a cached
+    Explainer is shared by every browser session of the app."""
+
+    def __init__(self, backbone: Backbone, max_images: int = 8, max_maps: int = 256):
+        self.backbone = backbone
+        self.max_images, self.max_maps = max_images, max_maps
+        self._forwards: OrderedDict[tuple, ForwardPass] = OrderedDict()
+        self._maps: OrderedDict[tuple, CamResult] = OrderedDict()
+        self._lock = threading.RLock()
+        self.stats: Counter = Counter()  # forwards, gradients, method runs: lets tests prove caching
+
+    # ----- forward ---------------------------------------------------------------------
+    def layer_or_default(self, layer: str | None) -> str:
+        return layer or self.backbone.default_layer
+
+    def forward(self, image: LoadedImage, layer: str | None = None) -> ForwardPass:
+        layer = self.layer_or_default(layer)
+        key = (image.sha256, layer)
+        with self._lock:
+            if key in self._forwards:
+                self._forwards.move_to_end(key)
+                return self._forwards[key]
+            fwd = self._run_forward(image, layer)
+            self._forwards[key] = fwd
+            while len(self._forwards) > self.max_images:
+                self._forwards.popitem(last=False)
+            return fwd
+
+    def _run_forward(self, image: LoadedImage, layer: str) -> ForwardPass:
+        bb = self.backbone
+        if layer == FEATURES and not bb.has_head_split:
+            raise LayerError(f"{bb.name} has no forward_features/forward_head split; name a layer")
+        x = bb.preprocess(image.rgb)
+        t0 = time.perf_counter()
+        with torch.enable_grad(), _LayerTap(bb.model, layer) as tap:
+            if bb.has_head_split:
+                feats = bb.model.forward_features(x)
+                if layer == FEATURES:
+                    tap.leaf = feats.detach().requires_grad_(True)
+                    feats = tap.leaf.clone()
+                logits = bb.model.forward_head(feats)
+                head_features = bb.to_spatial(feats.detach())
+            else:
+                logits = bb.model(x)
+                head_features = None
+        _sync(x.device)
+        forward_ms = (time.perf_counter() - t0) * 1000
+        if tap.leaf is None:
+            raise LayerError(f"layer '{layer}' was not reached by the forward pass")
+        try:
+            activations = bb.to_spatial(tap.leaf.detach())
+        except BackboneError as exc:
+            raise LayerError(str(exc)) from None
+        self.stats["forwards"] += 1
+        detached = logits.detach()[0]
+        return ForwardPass(
+            backbone=bb,
+            layer=layer,
+            input=x,
+            logits=detached,
+            probs=detached.float().softmax(-1),
+            activations=activations,
+            head_features=head_features,
+            forward_ms=forward_ms,
+            _leaf=tap.leaf,
+            _graph_logits=logits,
+        )
+
+    # ----- predictions and targets -----------------------------------------------------
+    def predict(self, image: LoadedImage, k: int = 5) -> list[Prediction]:
+        fwd = self.forward(image)
+        return top_predictions(fwd.probs, self.backbone, k)
+
+    def targets(self, image: LoadedImage, target=None) -> list[int]:
+        return resolve_targets(target, self.forward(image).probs, self.backbone)
+
+    # ----- maps ------------------------------------------------------------------------
+    def methods(self) -> list[MethodSpec]:
+        """The registered methods this backbone can run."""
+        out = []
+        for spec in METHODS.values():
+            if self.backbone.kind not in spec.kinds:
+                continue
+            if NEEDS_HEAD in spec.needs and not self.backbone.has_head_split:
+                continue
+            out.append(spec)
+        return out
+
+    def compute(
+        self,
+        image: LoadedImage,
+        method: str,
+        target: int | None = None,
+        layer: str | None = None,
+        params: dict | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> CamResult:
+        spec = get_method(method)
+        if self.backbone.kind not in spec.kinds:
+            raise MethodError(f"{method} does not apply to {self.backbone.kind.upper()} backbones")
+        resolved = spec.resolve_params(params)
+        layer = self.layer_or_default(layer)
+        fwd = self.forward(image, layer)
+        if target is None:
+            target = int(fwd.probs.argmax())
+        target = resolve_targets(int(target), fwd.probs, self.backbone)[0]
+        key_target = target if spec.class_specific else None
+        key = (image.sha256, layer, method, key_target, tuple(sorted(resolved.items())))
+        # The whole computation holds the lock: the model is shared between sessions and a
+        # layer tap installed by one thread's forward would fire in another's.
+        with self._lock:
+            if key in self._maps:
+                self._maps.move_to_end(key)
+                return self._maps[key]
+            ctx = MethodContext(fwd, progress=progress, cancel=cancel)
+            if NEEDS_GRADIENT in spec.needs:
+                fwd.gradient(target)  # shared by all gradient methods; reported once as gradient_ms
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                raw = spec.fn(ctx, target, **resolved)
+            _sync(raw.device)
+            ms = (time.perf_counter() - t0) * 1000
+        raw = torch.nan_to_num(raw.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+        result = CamResult(
+            method=method,
+            label=spec.label,
+            target=key_target,
+            target_name=self.backbone.short_name(target) if spec.class_specific else "class-agnostic",
+            map=raw,
+            ms=ms,
+            layer=layer,
+            approximate=spec.approximate or (NEEDS_HEAD in spec.needs and not self.backbone.cam_exact),
+            params=tuple(sorted(resolved.items())),
+        )
+        with self._lock:
+            self.stats["maps"] += 1
+            self.stats[f"maps:{method}"] += 1
+            self._maps[key] = result
+            while len(self._maps) > self.max_maps:
+                self._maps.popitem(last=False)
+        return result
+
+    def explain(
+        self,
+        image: LoadedImage,
+        methods: list[str],
+        target=None,
+        layer: str | None = None,
+        params: dict[str, dict] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> dict[int, dict[str, CamResult]]:
+        """Maps for every (target, method): target as in resolve_targets (None = top-1,
+        an index, a class-name query, or 'top3')."""
+        targets = self.targets(image, target)
+        out: dict[int, dict[str, CamResult]] = {}
+        for t in targets:
+            out[t] = {}
+            for m in methods:
+                cb = (lambda done, total, m=m: progress(m, done, total)) if progress else None
+                out[t][m] = self.compute(image, m, t, layer, (params or {}).get(m), cb, cancel)
+        return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self._forwards.clear()
+            self._maps.clear()
+
+
+__all__ = ["Explainer", "ForwardPass", "CamResult", "LayerError", "MethodContext", "TargetError"]

@@ -1,0 +1,174 @@
+"""Loading user images safely: every input becomes an RGB uint8 array or a clear ImageError."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Above this we refuse before decoding: a 40 MP RGB image is already 120 MB decoded, and
+# Pillow's own bomb guard only fires at ~179 MP. Stated in the UI and the README.
+MAX_PIXELS = 40_000_000
+MAX_FILE_BYTES = 200 * 1024 * 1024
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    rgb: np.ndarray  # H x W x 3, uint8, EXIF orientation applied
+    name: str
+    sha256: str  # of the decoded pixels (and shape), so the same picture hashes the same
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)"""
+        return int(self.rgb.shape[0]), int(self.rgb.shape[1])
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem or "image"
+
+
+def pixel_hash(rgb: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(str(rgb.shape).encode())
+    h.update(np.ascontiguousarray(rgb).tobytes())
+    return h.hexdigest()
+
+
+def from_array(rgb: np.ndarray, name: str = "array") -> LoadedImage:
+    """Wrap an H x W x 3 uint8 array (e.g. from a notebook)."""
+    arr = np.asarray(rgb)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ImageError(f"expected an H x W x 3 uint8 array, got {arr.shape} {arr.dtype}")
+    arr = np.ascontiguousarray(arr)
+    return LoadedImage(rgb=arr, name=name, sha256=pixel_hash(arr))
+
+
+def _to_8bit(img: Image.Image, notes: list[str]) -> Image.Image:
+    """High-bit-depth grayscale (I;16, I, F) would be clipped by Pillow's convert('RGB')."""
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+        notes.append(f"{img.mode} image scaled from 16 bit to 8 bit")
+        arr8 = np.clip(arr.astype(np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+    elif img.mode == "F":
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        notes.append("floating-point image min-max scaled to 8 bit")
+        scale = (hi - lo) or 1.0
+        arr8 = (np.nan_to_num((arr - lo) / scale) * 255).round().astype(np.uint8)
+    else:
+        arr8 = np.clip(arr, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr8, mode="L")
+
+
+def _flatten_alpha(img: Image.Image, notes: list[str]) -> Image.Image:
+    rgba = img.convert("RGBA")
+    alpha = np.asarray(rgba)[:, :, 3]
+    if alpha.min() < 255:
+        notes.append("transparent pixels composited on white")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """Decode a path or raw bytes into RGB uint8.
+
+    Handles EXIF rotation, CMYK, grayscale, 16-bit, palette and alpha images; refuses
+    empty, truncated, non-image and oversized inputs with an ImageError.
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        name = name or path.name
+        if not path.exists():
+            raise ImageError(f"{name}: no such file")
+        if path.is_dir():
+            raise ImageError(f"{name}: is a folder, not an image")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageError(f"{name}: file is {size / 2**20:.0f} MB, above the {MAX_FILE_BYTES // 2**20} MB limit")
+        data = path.read_bytes()
+    else:
+        data = bytes(source)
+        name = name or "upload"
+    if len(data) == 0:
+        raise ImageError(f"{name}: the file is empty (0 bytes)")
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(
+                    f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
+                    f"{max_pixels / 1e6:.0f} megapixels; downscale it first"
+                )
+            if w == 0 or h == 0:
+                raise ImageError(f"{name}: the image has no pixels ({w}x{h})")
+            if getattr(img, "n_frames", 1) > 1:
+                notes.append("first frame of an animated image")
+            img.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's guard fires inside open(), before we see the size; its message carries it.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.0f} megapixels, " if found else ""
+        raise ImageError(
+            f"{name}: image is too large ({size}above the limit of {max_pixels / 1e6:.0f} megapixels); downscale it first"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image file that can be read (PNG, JPEG, GIF, BMP, TIFF, WebP)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        # Pillow reports truncated/corrupt data as OSError ("image file is truncated").
+        raise ImageError(f"{name}: the image data is broken or truncated ({exc})") from None
+
+    if _exif_orientation(img) not in (None, 1):
+        img = ImageOps.exif_transpose(img)
+        notes.append("rotated according to its EXIF orientation")
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        img = _to_8bit(img, notes)
+    if img.mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+        img = img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = _flatten_alpha(img, notes)
+    elif img.mode != "RGB":
+        if img.mode in ("L", "1"):
+            notes.append("grayscale image repeated on three channels")
+        img = img.convert("RGB")
+    rgb = np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+    return LoadedImage(rgb=rgb, name=name, sha256=pixel_hash(rgb), notes=tuple(notes))
+
+
+def _exif_orientation(img: Image.Image) -> int | None:
+    try:
+        return img.getexif().get(0x0112)
+    except Exception:  # malformed EXIF must not make the image unreadable
+        return None
+
+
+def resolve_under(path: str | Path, roots: list[Path]) -> Path:
+    """Resolve a user-typed path and refuse anything outside the allowed folders."""
+    p = Path(path).expanduser()
+    candidates = [p] if p.is_absolute() else [root / p for root in roots]
+    for cand in candidates:
+        real = cand.resolve()
+        for root in roots:
+            if real.is_relative_to(root.resolve()):
+                if not real.exists():
+                    raise ImageError(f"{path}: no such file under {root}")
+                return real
+    allowed = ", ".join(str(r) for r in roots)
+    raise ImageError(f"{path}: outside the allowed folders ({allowed})")

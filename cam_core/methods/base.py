@@ -1,0 +1,91 @@
+"""The method registry: each method declares what it needs and its parameters; pages and the
+CLI build their controls and checks from these declarations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# What a method may need beyond the cached forward pass.
+NEEDS_GRADIENT = "gradient"  # d logit / d activations, one per target class, shared
+NEEDS_HEAD = "head"  # the classifier applied to the head-input features (CAM)
+NEEDS_FORWARDS = "extra_forwards"  # more forward passes (Score-CAM): slow, shows progress
+NEEDS_ATTENTION = "attention"
+NEEDS_BANK = "bank"
+
+
+class MethodError(ValueError):
+    """Unknown method or bad parameter; the message is meant for the user."""
+
+
+class Cancelled(RuntimeError):
+    """Raised inside a long computation when its cancel callback says so."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    help: str
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    choices: tuple = ()
+
+    def validate(self, value: Any) -> Any:
+        if self.choices:
+            if value not in self.choices:
+                raise MethodError(f"{self.name} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+            return value
+        kind = type(self.default)
+        try:
+            value = kind(value) if kind is not bool else bool(value)
+        except (TypeError, ValueError):
+            raise MethodError(f"{self.name} must be a {kind.__name__}, got {value!r}") from None
+        if self.min is not None and value < self.min or self.max is not None and value > self.max:
+            raise MethodError(f"{self.name} must be in [{self.min}, {self.max}], got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    label: str
+    fn: Callable[..., Any]  # fn(ctx, target, **params) -> unnormalised map tensor (h x w)
+    description: str
+    needs: frozenset[str] = frozenset()
+    params: tuple[Param, ...] = ()
+    class_specific: bool = True
+    approximate: bool = False  # an approximation of a named method, labelled as such
+    kinds: tuple[str, ...] = ("cnn", "vit")
+    reference: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def resolve_params(self, given: dict | None) -> dict:
+        given = dict(given or {})
+        unknown = set(given) - {p.name for p in self.params}
+        if unknown:
+            raise MethodError(f"{self.name} has no parameter {', '.join(sorted(unknown))}")
+        return {p.name: p.validate(given.get(p.name, p.default)) for p in self.params}
+
+    @property
+    def slow(self) -> bool:
+        return NEEDS_FORWARDS in self.needs
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    if spec.name in METHODS:
+        raise MethodError(f"method {spec.name} registered twice")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise MethodError(f"unknown method '{name}'; available: {', '.join(METHODS)}") from None

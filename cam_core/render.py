@@ -1,0 +1,158 @@
+"""The one normalisation / upsampling / overlay step between raw maps and pixels.
+
+Maps arrive unnormalised on the device; they leave as [0,1] arrays of the image's size or
+as RGB overlays. Threshold, opacity and colormap act here only, so changing them never
+recomputes a map.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+NORMALISATIONS = ("minmax", "max")
+COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "gray")
+
+
+def normalize(m: torch.Tensor, mode: str = "minmax") -> torch.Tensor:
+    """'minmax': (m - min) / (max - min), as pytorch-grad-cam, torchcam and TS-CAM;
+    'max': m / max (negatives clipped), as LPCAM and SIPE. A constant map gives zeros
+    (no NaN from 0/0, and no uniform 'everything is salient' map)."""
+    m = torch.nan_to_num(m.float())
+    if mode not in NORMALISATIONS:
+        raise ValueError(f"unknown normalisation '{mode}'; choose one of {NORMALISATIONS}")
+    if mode == "max":
+        m = m.clamp_min(0)
+    lo, hi = m.min(), m.max()
+    if not hi > lo:  # a constant map localises nothing
+        return torch.zeros_like(m)
+    return (m - lo) / (hi - lo) if mode == "minmax" else m / hi
+
+
+def upsample(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (half-pixel centres, like cv2.resize) to size = (height, width)."""
+    if tuple(m.shape[-2:]) == tuple(size):
+        return m.float()
+    return F.interpolate(m.float()[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
+def to_image_map(m: torch.Tensor, size: tuple[int, int], mode: str = "minmax") -> np.ndarray:
+    """Upsample to the image's (H, W), then normalise: float32 in [0,1] on the CPU."""
+    return normalize(upsample(m, size), mode).cpu().numpy().astype(np.float32)
+
+
+def _lut(name: str) -> np.ndarray:
+    if name == "gray":
+        ramp = np.arange(256, dtype=np.uint8)
+        return np.stack([ramp] * 3, axis=1)
+    from matplotlib import colormaps
+
+    return (colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+
+
+_LUTS: dict[str, np.ndarray] = {}
+
+
+def colorize(m01: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    if cmap not in _LUTS:
+        if cmap not in COLORMAPS:
+            raise ValueError(f"unknown colormap '{cmap}'; choose one of {COLORMAPS}")
+        _LUTS[cmap] = _lut(cmap)
+    idx = np.clip(np.nan_to_num(m01) * 255 + 0.5, 0, 255).astype(np.uint8)
+    return _LUTS[cmap][idx]
+
+
+def overlay(rgb: np.ndarray, m01: np.ndarray, opacity: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    heat = colorize(m01, cmap).astype(np.float32)
+    out = rgb.astype(np.float32) * (1 - opacity) + heat * opacity
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Region:
+    mask: np.ndarray  # bool, H x W: map >= threshold
+    box: tuple[int, int, int, int] | None  # x1, y1, x2, y2 (inclusive) of the largest connected region
+    contours: tuple  # cv2 contours of all regions
+    area_fraction: float
+
+
+def threshold_region(m01: np.ndarray, threshold: float) -> Region:
+    """Pixels at or above the threshold; the box around the largest contour (as TS-CAM and
+    the CAM localisation protocol do)."""
+    mask = m01 >= threshold
+    u8 = mask.astype(np.uint8)
+    contours, _ = cv2.findContours(u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    box = None
+    if contours:
+        largest = max(contours, key=cv2.contourArea)
+        x, y, w, h = cv2.boundingRect(largest)
+        box = (int(x), int(y), int(x + w - 1), int(y + h - 1))
+    return Region(mask, box, tuple(contours), float(mask.mean()))
+
+
+def draw_region(img: np.ndarray, region: Region, color=(255, 255, 255), box_color=(0, 255, 0)) -> np.ndarray:
+    out = np.ascontiguousarray(img.copy())
+    thickness = max(1, round(max(out.shape[:2]) / 300))
+    if region.contours:
+        cv2.drawContours(out, list(region.contours), -1, color, thickness)
+    if region.box is not None:
+        x1, y1, x2, y2 = region.box
+        cv2.rectangle(out, (x1, y1), (x2, y2), box_color, thickness)
+    return out
+
+
+def render_tile(
+    rgb: np.ndarray, m01: np.ndarray, opacity: float = 0.5, cmap: str = "jet", threshold: float | None = None
+) -> np.ndarray:
+    tile = overlay(rgb, m01, opacity, cmap)
+    if threshold is not None and threshold > 0:
+        tile = draw_region(tile, threshold_region(m01, threshold))
+    return tile
+
+
+def downscale_for_display(rgb: np.ndarray, max_side: int = 640) -> tuple[np.ndarray, float]:
+    h, w = rgb.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale >= 1.0:
+        return rgb, 1.0
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR)), scale
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr.astype(np.float32))
+    return buf.getvalue()
+
+
+def compose_grid(tiles: list[tuple[str, np.ndarray]], columns: int = 4, tile_side: int = 320) -> np.ndarray:
+    """Tiles with their captions on one sheet (the 'download the whole grid' image)."""
+    if not tiles:
+        raise ValueError("no tiles to compose")
+    columns = max(1, min(columns, len(tiles)))
+    rows = (len(tiles) + columns - 1) // columns
+    h0, w0 = tiles[0][1].shape[:2]
+    scale = tile_side / max(h0, w0)
+    tw, th = max(1, round(w0 * scale)), max(1, round(h0 * scale))
+    caption_h, pad = 22, 6
+    sheet = Image.new("RGB", (columns * (tw + pad) + pad, rows * (th + caption_h + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for i, (caption, img) in enumerate(tiles):
+        r, c = divmod(i, columns)
+        x, y = pad + c * (tw + pad), pad + r * (th + caption_h + pad)
+        draw.text((x, y + 4), caption, fill=(0, 0, 0), font=font)
+        sheet.paste(Image.fromarray(img).resize((tw, th), Image.BILINEAR), (x, y + caption_h))
+    return np.asarray(sheet)

@@ -1,0 +1,39 @@
+import os
+
+import pytest
+import torch
+from helpers import SAMPLES
+
+from cam_core import load_backbone, load_image
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~20 s; run in CI, skip with -m 'not slow'")
+    config.addinivalue_line("markers", "browser: drives the served app in headless Chromium")
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    return load_backbone("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def resnet18():
+    return load_backbone("random:resnet18")
+
+
+@pytest.fixture(scope="session")
+def deit():
+    return load_backbone("random:deit_tiny_patch16_224")
+
+
+@pytest.fixture(scope="session")
+def cat():
+    return load_image(SAMPLES / "cat.png")
+
+
+@pytest.fixture(scope="session")
+def dog():
+    return load_image(SAMPLES / "dog.jpg")

@@ -1,0 +1,70 @@
+"""Constructed models and inputs with known answers, shared by the tests."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cam_core import Backbone, from_array
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "assets" / "samples"
+
+
+class TwoChannelNet(nn.Module):
+    """A hand-built classifier with known maps. Features are the red and green channels
+    (1x1 conv, identity weights, ReLU). The head pools them with a fixed spatial weight
+    (GAP when ``region`` is None, else the mean over the region only) and a linear layer
+    with identity weights: class 0 = red evidence, class 1 = green evidence."""
+
+    def __init__(self, size: int = 32, region: torch.Tensor | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 0] = 1.0
+            self.conv.weight[1, 1] = 1.0
+        self.act = nn.ReLU(inplace=True)
+        pool = torch.ones(size, size) if region is None else region.float()
+        self.register_buffer("pool_weight", pool / pool.sum())
+        self.fc = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.eye(2) * 4.0)
+            self.fc.bias.zero_()
+
+    def forward_features(self, x):
+        return self.act(self.conv(x))
+
+    def forward_head(self, f):
+        pooled = (f * self.pool_weight).sum(dim=(2, 3))
+        return self.fc(pooled)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self):
+        return self.fc
+
+
+def toy_backbone(region=None, size=32) -> Backbone:
+    model = TwoChannelNet(size, region).eval().requires_grad_(False)
+    return Backbone(
+        name="toy", model=model, kind="cnn", input_size=(size, size), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+        interpolation="nearest", class_names=["red", "green"], source="test", cam_exact=region is None,
+    )
+
+
+def squares_image(size=32, a=(4, 12), b=(20, 28), color_a=(255, 0, 0), color_b=(255, 0, 0)):
+    """Black image with square A at rows/cols a[0]:a[1] and square B at b[0]:b[1]."""
+    rgb = np.zeros((size, size, 3), np.uint8)
+    rgb[a[0]:a[1], a[0]:a[1]] = color_a
+    rgb[b[0]:b[1], b[0]:b[1]] = color_b
+    return from_array(rgb, "squares.png")
+
+
+def pearson(a, b) -> float:
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    assert a.std() > 0 and b.std() > 0, "a constant map cannot be compared"
+    return float(np.corrcoef(a, b)[0, 1])

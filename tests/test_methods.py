@@ -1,0 +1,286 @@
+"""Known answers, invariants and parity with pytorch-grad-cam on the same layer."""
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import pearson, squares_image, toy_backbone
+
+from cam_core import Cancelled, Explainer, MethodError, normalize, to_image_map
+from cam_core.methods import METHODS
+
+GRADIENT_METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam"]
+
+
+# ----- known answers on a constructed model ------------------------------------------------
+def test_cam_is_classifier_row_times_features_on_toy():
+    ex = Explainer(toy_backbone())
+    img = squares_image(color_a=(255, 0, 0), color_b=(0, 255, 0))
+    red = ex.compute(img, "cam", target=0).map
+    green = ex.compute(img, "cam", target=1).map
+    # Class 0 weighs only the red channel (x4): 4 on square A, exactly 0 on square B.
+    assert torch.allclose(red[4:12, 4:12], torch.full((8, 8), 4.0))
+    assert red[20:28, 20:28].abs().max() == 0 and red.sum() == 4.0 * 64
+    assert torch.allclose(green[20:28, 20:28], torch.full((8, 8), 4.0)) and green[4:12, 4:12].max() == 0
+
+
+def test_region_head_separates_gradcam_from_elementwise_methods():
+    """Class score = mean of red features over the LEFT half only. Two identical red squares,
+    one in each half: element-wise methods (LayerCAM, HiResCAM) light only the square that
+    counts; Grad-CAM averages the gradient over space and cannot tell them apart."""
+    region = torch.zeros(32, 32, dtype=torch.bool)
+    region[:, :16] = True
+    ex = Explainer(toy_backbone(region))
+    img = squares_image()  # red square A in the left half, red square B in the right half
+    for m in ("layercam", "hirescam"):
+        cam = ex.compute(img, m, target=0).map
+        assert cam[4:12, 4:12].min() > 0, m
+        assert cam[16:, 16:].abs().max() == 0, m
+    g = ex.compute(img, "gradcam", target=0).map
+    assert torch.allclose(g[4:12, 4:12], g[20:28, 20:28]) and g[4:12, 4:12].min() > 0
+
+
+def test_gradient_is_the_analytic_one_on_toy():
+    region = torch.zeros(32, 32, dtype=torch.bool)
+    region[:, :16] = True
+    ex = Explainer(toy_backbone(region))
+    grad = ex.forward(squares_image()).gradient(0)
+    expected = torch.zeros(2, 32, 32)
+    expected[0, :, :16] = 4.0 / region.sum()  # d(4 * mean_R red)/d red
+    assert torch.allclose(grad, expected)
+
+
+def test_scorecam_weights_channels_by_class_probability_of_masked_input():
+    ex = Explainer(toy_backbone())
+    img = squares_image(color_a=(255, 0, 0), color_b=(0, 255, 0))
+    m = ex.compute(img, "scorecam", target=0).map
+    # The red channel's mask keeps square A only: logits (4 * 64/1024, 0), p(red) = sigmoid(0.25).
+    # The green channel's mask keeps B only: logits (0, 0.25), p(red) = sigmoid(-0.25).
+    # Map = p_red_mask * red + p_green_mask * green.
+    s_red, s_green = torch.sigmoid(torch.tensor(0.25)), torch.sigmoid(torch.tensor(-0.25))
+    assert torch.allclose(m[4:12, 4:12], s_red.expand(8, 8))
+    assert torch.allclose(m[20:28, 20:28], s_green.expand(8, 8))
+    assert m.sum() == pytest.approx(64 * (s_red + s_green).item(), rel=1e-5)
+
+
+def test_scorecam_matches_a_plain_one_channel_loop(resnet18, cat):
+    """The paper's definition, written as plainly as possible, on the channels of layer3 of
+    a random resnet18 (256 channels), fed 112 px to keep the loop short."""
+    ex = Explainer(dataclasses.replace(resnet18, input_size=(112, 112)))
+    layer = "layer3"
+    fwd = ex.forward(cat, layer)
+    target = int(fwd.probs.argmax())
+    ours = ex.compute(cat, "scorecam", target, layer).map
+    ref = _naive_scorecam(resnet18.model, fwd.input, fwd.activations, target)
+    assert ours.shape == ref.shape
+    assert pearson(ours, ref) >= 0.999
+    assert torch.allclose(normalize(ours), normalize(ref), atol=1e-4)
+
+
+def _naive_scorecam(model, x, acts, target):
+    size = x.shape[-2:]
+    total = torch.zeros(size)
+    with torch.no_grad():
+        for k in range(acts.shape[0]):
+            up = F.interpolate(acts[k][None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+            if up.max() == up.min():
+                continue
+            mask = (up - up.min()) / (up.max() - up.min())
+            score = model(x * mask).softmax(-1)[0, target]
+            total += score * up
+    return torch.relu(total)
+
+
+@pytest.mark.slow
+def test_scorecam_matches_plain_loop_on_lite0(lite0, cat):
+    ex = Explainer(lite0)
+    fwd = ex.forward(cat)
+    target = int(fwd.probs.argmax())
+    ours = ex.compute(cat, "scorecam", target).map
+    ref = _naive_scorecam(lite0.model, fwd.input, fwd.activations, target)
+    assert pearson(ours, ref) >= 0.999
+
+
+def test_scorecam_topn_is_labelled_and_uses_n_channels(resnet18, cat):
+    ex = Explainer(resnet18)
+    calls = []
+    res = ex.compute(cat, "scorecam_topn", params={"channels": 10, "batch_size": 4},
+                     progress=lambda d, t: calls.append((d, t)))
+    assert res.approximate and not METHODS["scorecam"].approximate
+    assert calls[-1] == (10, 10) and [d for d, _ in calls] == [4, 8, 10]
+
+
+def test_scorecam_cancel_leaves_explainer_working(resnet18, cat):
+    ex = Explainer(resnet18)
+    seen = []
+
+    def cancel():
+        seen.append(1)
+        return len(seen) > 2
+
+    with pytest.raises(Cancelled):
+        ex.compute(cat, "scorecam", cancel=cancel, params={"batch_size": 8})
+    assert ex.stats["maps:scorecam"] == 0  # nothing half-done was cached
+    assert ex.compute(cat, "gradcam").map.max() > 0
+
+
+def test_cam_equals_relu_of_classifier_times_features_by_hand(lite0, cat):
+    ex = Explainer(lite0)
+    res = ex.compute(cat, "cam")
+    with torch.no_grad():
+        feats = lite0.model.forward_features(lite0.preprocess(cat.rgb))[0]
+    w = lite0.classifier.weight[res.target]
+    by_hand = torch.relu((w[:, None, None] * feats).sum(0))
+    assert torch.allclose(res.map, by_hand, atol=1e-4)
+    assert res.map.shape == (7, 7) and not res.approximate
+
+
+def test_gap_head_identities(lite0, cat):
+    """With global average pooling + linear at the last layer, the gradient is W_c / hw at every
+    pixel: Grad-CAM, XGrad-CAM and HiResCAM all equal CAM / hw. A theorem, so a check."""
+    ex = Explainer(lite0)
+    cam = ex.compute(cat, "cam").map
+    for m in ("gradcam", "xgradcam", "hirescam"):
+        assert torch.allclose(ex.compute(cat, m).map, cam / 49, rtol=1e-3, atol=1e-5), m
+
+
+# ----- parity with pytorch-grad-cam ---------------------------------------------------------
+def _pgc_map(backbone, method, layer, image, target, reshape=None):
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cls = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "xgradcam": XGradCAM,
+           "layercam": LayerCAM, "hirescam": HiResCAM}[method]
+    model = copy.deepcopy(backbone.model).requires_grad_(True)  # pytorch-grad-cam needs param grads on
+    target_layer = model.get_submodule(layer)
+    with cls(model=model, target_layers=[target_layer], reshape_transform=reshape) as pgc:
+        return pgc(input_tensor=backbone.preprocess(image.rgb), targets=[ClassifierOutputTarget(target)])[0]
+
+
+@pytest.mark.parametrize("layer", ["bn2", "blocks.5.0"])
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+def test_parity_with_pytorch_grad_cam_lite0(lite0, cat, method, layer):
+    ours_layer = "features" if layer == "bn2" else layer  # bn2's output IS forward_features'
+    _check_parity(lite0, cat, method, ours_layer, layer)
+
+
+@pytest.mark.parametrize("layer", ["layer4", "layer3"])
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+def test_parity_with_pytorch_grad_cam_resnet18(resnet18, dog, method, layer):
+    _check_parity(resnet18, dog, method, layer, layer)
+
+
+def _check_parity(backbone, image, method, ours_layer, their_layer, reshape=None):
+    ex = Explainer(backbone)
+    target = ex.targets(image)[0]
+    res = ex.compute(image, method, target, ours_layer)
+    h, w = backbone.input_size
+    ours = to_image_map(res.map, (h, w), "minmax")
+    theirs = _pgc_map(backbone, method, their_layer, image, target, reshape)
+    assert ours.shape == theirs.shape
+    r = pearson(ours, theirs)
+    assert r >= 0.99, f"{method} at {ours_layer}: r = {r:.4f}"
+
+
+def _vit_reshape(t, h=14, w=14):
+    return t[:, 1:, :].reshape(t.size(0), h, w, t.size(2)).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam", "hirescam"])
+def test_parity_on_vit_tokens(deit, cat, method):
+    """Same maps as pytorch-grad-cam with its hand-written ViT reshape, with no reshape here."""
+    layer = deit.default_layer
+    assert layer == "blocks.11.norm1"
+    _check_parity(deit, cat, method, layer, layer, reshape=_vit_reshape)
+
+
+# ----- invariants -----------------------------------------------------------------------
+def test_constant_map_normalises_to_zeros_not_nan():
+    for mode in ("minmax", "max"):
+        out = normalize(torch.full((7, 7), 3.0), mode)
+        assert torch.equal(out, torch.zeros(7, 7))
+    assert torch.equal(normalize(torch.zeros(5, 5), "max"), torch.zeros(5, 5))
+
+
+def test_blank_image_gives_finite_maps_for_every_method(resnet18):
+    from cam_core import from_array
+
+    ex = Explainer(resnet18)
+    img = from_array(np.full((64, 64, 3), 128, np.uint8))
+    for name in ("cam", "eigencam", *GRADIENT_METHODS):
+        m = ex.compute(img, name).map
+        assert torch.isfinite(m).all(), name
+        assert np.isfinite(to_image_map(m, (64, 64))).all()
+
+
+def test_hooks_are_released_even_when_the_layer_fails(resnet18, cat):
+    ex = Explainer(resnet18)
+    ex.compute(cat, "gradcam", layer="layer3")
+    assert all(not m._forward_hooks for m in resnet18.model.modules())
+    with pytest.raises(ValueError):
+        ex.compute(cat, "gradcam", layer="no.such.layer")
+    assert all(not m._forward_hooks for m in resnet18.model.modules())
+
+
+def test_inplace_ops_after_the_tapped_layer(resnet18, cat):
+    """layer4.1.bn2 is followed by an in-place residual add and an in-place ReLU. The tapped
+    activation and its gradient must be those of the un-modified tensor, checked against
+    the block evaluated by hand."""
+    # timm zero-initialises the last BN of each block; give it a scale so the tap sees values.
+    bb = dataclasses.replace(resnet18, model=copy.deepcopy(resnet18.model))
+    blk = bb.model.layer4[1]
+    blk.bn2.weight.data.fill_(1.0)
+    ex = Explainer(bb)
+    x_in = ex.forward(cat, "layer4.0").activations[None]
+    fwd = ex.forward(cat, "layer4.1.bn2")
+    target = int(fwd.probs.argmax())
+    with torch.enable_grad():
+        z = blk.bn2(blk.conv2(blk.act1(blk.bn1(blk.conv1(x_in))))).detach().requires_grad_(True)
+        logits = bb.model.forward_head(torch.relu(z + x_in))
+        (g,) = torch.autograd.grad(logits[0, target], z)
+    assert torch.allclose(fwd.activations, z[0].detach(), atol=1e-5)
+    assert torch.allclose(fwd.gradient(target), g[0], atol=1e-6)
+    assert (fwd.activations < 0).any()  # pre-ReLU values: the in-place ReLU did not touch the saved copy
+
+
+def test_one_forward_and_one_gradient_shared_by_all_gradient_methods(lite0, cat):
+    ex = Explainer(lite0)
+    ex.explain(cat, ["cam", *GRADIENT_METHODS])
+    assert ex.stats["forwards"] == 1
+    fwd = ex.forward(cat)
+    assert list(fwd.gradient_ms) == [ex.targets(cat)[0]]
+    ex.explain(cat, GRADIENT_METHODS, target="top3")
+    assert ex.stats["forwards"] == 1 and len(fwd.gradient_ms) == 3
+
+
+def test_maps_stay_on_the_backbone_device(resnet18, cat):
+    ex = Explainer(resnet18)
+    for name in ("cam", "gradcam", "eigencam"):
+        assert ex.compute(cat, name).map.device == resnet18.device
+
+
+def test_registry_declares_parameters_and_validates_them(resnet18, cat):
+    assert {"cam", "eigencam", *GRADIENT_METHODS, "scorecam", "scorecam_topn"} <= set(METHODS)
+    ex = Explainer(resnet18)
+    with pytest.raises(MethodError, match="no parameter"):
+        ex.compute(cat, "gradcam", params={"k": 3})
+    with pytest.raises(MethodError, match=r"channels must be in"):
+        ex.compute(cat, "scorecam_topn", params={"channels": 0})
+    with pytest.raises(MethodError, match="unknown method"):
+        ex.compute(cat, "nosuchcam")
+
+
+def test_eigencam_is_first_principal_component(resnet18, cat):
+    ex = Explainer(resnet18)
+    acts = ex.forward(cat).activations
+    c, h, w = acts.shape
+    x = acts.reshape(c, -1).T.double()
+    x = x - x.mean(0)
+    ref = np.abs((x @ torch.linalg.svd(x, full_matrices=False)[2][0]).numpy())
+    m = ex.compute(cat, "eigencam").map.numpy().ravel()
+    pos = m > 0
+    assert pos.any()
+    assert np.allclose(m[pos], ref[pos], rtol=1e-3, atol=1e-5)
