@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .backbones import BackboneError, device_label, load_backbone
@@ -47,20 +46,6 @@ def _parse_params(items: list[str], methods: list[str]) -> dict[str, dict]:
     return out
 
 
-def _warm_up(explainer: Explainer, image, methods: list[str], params: dict) -> None:
-    """Run each fast method once (and one batch of the model for the slow ones) so the
-    reported times exclude first-call costs (allocator, kernel selection, LAPACK init)."""
-    for m in methods:
-        spec = get_method(m)
-        if spec.slow:
-            x = explainer.forward(image).input
-            with torch.inference_mode():
-                explainer.backbone.model(x.expand(4, -1, -1, -1))
-        else:
-            explainer.compute(image, m, params=params.get(m))
-    explainer.clear()
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
@@ -80,6 +65,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if backbone.kind not in get_method(m).kinds:
             _fail(f"method {m} does not apply to {backbone.kind.upper()} backbones")
             return EXIT_BAD_INPUT
+    explainer.warm_up(methods)
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,14 +80,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "errors": [],
     }
     failed = 0
-    warmed = False
     used_stems: set[str] = set()
     for path in args.images:
         try:
             image = load_image(path)
-            if not warmed:
-                _warm_up(explainer, image, methods, params)
-                warmed = True
             stem = image.stem
             n = 2
             while stem in used_stems:

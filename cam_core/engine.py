@@ -20,10 +20,11 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .backbones import FEATURES, Backbone, BackboneError
-from .images import LoadedImage
+from .images import LoadedImage, from_array
 from .methods import METHODS, MethodError, MethodSpec, get_method
 from .methods.base import NEEDS_GRADIENT, NEEDS_HEAD
 from .targets import Prediction, TargetError, resolve_targets, top_predictions
@@ -295,6 +296,26 @@ class Explainer:
                 cb = (lambda done, total, m=m: progress(m, done, total)) if progress else None
                 out[t][m] = self.compute(image, m, t, layer, (params or {}).get(m), cb, cancel)
         return out
+
+    def warm_up(self, methods: list[str] | None = None) -> None:
+        """Run the forward pass, a gradient and each fast method once on a synthetic image (and
+        one small batch through the model for the slow ones), then forget the results, so that
+        reported times exclude first-call costs (allocator, kernel choice, LAPACK init)."""
+        h, w = self.backbone.input_size
+        rng = np.random.default_rng(0)
+        image = from_array(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "warm-up")
+        names = methods if methods is not None else [s.name for s in self.methods()]
+        for name in names:
+            spec = get_method(name)
+            if spec.slow:
+                x = self.forward(image).input
+                with torch.inference_mode():
+                    self.backbone.model(x.expand(4, -1, -1, -1))
+            else:
+                self.compute(image, name)
+        with self._lock:
+            self.clear()
+            self.stats.clear()
 
     def clear(self) -> None:
         with self._lock:

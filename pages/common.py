@@ -1,0 +1,175 @@
+"""What every page shares: cached backbones/explainers, image decoding, the sidebar.
+
+Streamlit-side only; every computation is a cam_core call.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+
+from cam_core import BACKBONES, BackboneError, Explainer, ImageError, LoadedImage, load_backbone, load_image
+from cam_core.backbones import available_devices, device_label
+from cam_core.images import MAX_PIXELS, resolve_under
+from cam_core.render import downscale_for_display
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "assets" / "samples"
+DEFAULT_SAMPLE = "cat.png"
+DEFAULT_BACKBONE = "efficientnet_lite0"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+HUB = "timm hub model (online)…"
+CHECKPOINT = "local checkpoint…"
+EXTRA_BACKBONES = ["random:resnet18", "random:deit_tiny_patch16_224"]
+
+
+def allowed_image_dirs() -> list[Path]:
+    """Folders a typed path may point into: the samples, plus CAM_EXPLORER_IMAGE_DIRS (':'-separated)."""
+    extra = [Path(p) for p in os.environ.get("CAM_EXPLORER_IMAGE_DIRS", "").split(os.pathsep) if p]
+    return [SAMPLES, *extra]
+
+
+@st.cache_resource(show_spinner="Loading the backbone…", max_entries=6)
+def get_explainer(
+    name: str, device: str, checkpoint: str | None = None, num_classes: int | None = None, class_names: str | None = None
+) -> Explainer:
+    # cache_resource: one model per (backbone, device) shared by every browser session;
+    # the Explainer serialises computations with its own lock.
+    backbone = load_backbone(name, device, checkpoint=checkpoint, num_classes=num_classes, class_names=class_names)
+    explainer = Explainer(backbone)
+    explainer.warm_up()  # so the times shown on the tiles are steady-state times
+    return explainer
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def decode_bytes(data: bytes, name: str) -> LoadedImage:
+    return load_image(data, name)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def decode_path(path: str, mtime: float) -> LoadedImage:
+    return load_image(path)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def thumbnail(path: str, side: int = 96) -> np.ndarray:
+    return downscale_for_display(load_image(path).rgb, side)[0]
+
+
+def sample_names() -> list[str]:
+    return sorted(p.name for p in SAMPLES.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@dataclass
+class Selection:
+    image: LoadedImage
+    explainer: Explainer
+    device: str
+
+    @property
+    def backbone(self):
+        return self.explainer.backbone
+
+
+def _use_sample(name: str) -> None:
+    st.session_state["sample"] = name
+    st.session_state["image_source"] = "Sample"
+
+
+def _image_sidebar() -> LoadedImage | None:
+    source = st.radio("Image", ["Sample", "Upload", "Path"], horizontal=True, key="image_source")
+    try:
+        if source == "Sample":
+            names = sample_names()
+            if st.session_state.get("sample") not in names:
+                st.session_state["sample"] = DEFAULT_SAMPLE
+            name = st.selectbox("Sample image", names, key="sample")
+            with st.popover("Browse samples", width="stretch"):
+                cols = st.columns(4)
+                for i, n in enumerate(names):
+                    with cols[i % 4]:
+                        st.image(thumbnail(str(SAMPLES / n)), width="stretch")
+                        st.button(Path(n).stem, key=f"thumb_{n}", on_click=_use_sample, args=(n,), width="stretch")
+            path = SAMPLES / name
+            return decode_path(str(path), path.stat().st_mtime)
+        if source == "Upload":
+            up = st.file_uploader(f"Upload an image (up to {MAX_PIXELS // 1_000_000} megapixels)", key="upload")
+            if up is None:
+                st.info("Choose a file; until then the last image stays.")
+                return None
+            return decode_bytes(up.getvalue(), up.name)
+        typed = st.text_input("Path under " + ", ".join(str(d) for d in allowed_image_dirs()), key="image_path")
+        if not typed:
+            return None
+        path = resolve_under(typed, allowed_image_dirs())
+        return decode_path(str(path), path.stat().st_mtime)
+    except ImageError as exc:
+        st.error(str(exc))
+        return None
+
+
+def _backbone_sidebar(device: str) -> Explainer | None:
+    offline = list(BACKBONES)
+    choices = offline + EXTRA_BACKBONES + [HUB, CHECKPOINT]
+    labels = {n: BACKBONES[n].description for n in offline}
+    labels.update({"random:resnet18": "ResNet-18, random weights (no download)",
+                   "random:deit_tiny_patch16_224": "DeiT-Tiny ViT, random weights (no download)"})
+    choice = st.selectbox("Backbone", choices, key="backbone_choice", format_func=lambda n: labels.get(n, n))
+    kwargs: dict = {}
+    name = choice
+    if choice == HUB:
+        name = st.text_input("timm model name (downloads weights)", "resnet50", key="hub_name")
+    elif choice == CHECKPOINT:
+        name = st.text_input("timm architecture", "resnet18", key="ckpt_arch")
+        ckpt = st.text_input("Checkpoint (.safetensors or .pth) under the allowed folders", key="ckpt_path")
+        names = st.text_input("Class names file (optional, one per line)", key="ckpt_names")
+        if not ckpt:
+            st.info("Type the checkpoint's path.")
+            return None
+        try:
+            kwargs["checkpoint"] = str(resolve_under(ckpt, allowed_image_dirs()))
+            if names:
+                kwargs["class_names"] = str(resolve_under(names, allowed_image_dirs()))
+        except ImageError as exc:
+            st.error(str(exc))
+            return None
+    try:
+        explainer = get_explainer(name, device, **kwargs)
+    except BackboneError as exc:
+        st.error(str(exc))
+        return None
+    st.caption(explainer.backbone.source)
+    return explainer
+
+
+def sidebar() -> Selection:
+    """The shared sidebar: image, backbone, device. Keeps the last good image/backbone when
+    a new choice fails, so an error never blanks the app."""
+    with st.sidebar:
+        st.header("Input")
+        image = _image_sidebar()
+        if image is not None:
+            st.session_state["last_image"] = image
+        image = st.session_state.get("last_image")
+        if image is None:
+            path = SAMPLES / DEFAULT_SAMPLE
+            image = decode_path(str(path), path.stat().st_mtime)
+        st.caption(f"{image.name} · {image.size[1]}×{image.size[0]}" + "".join(f" · {n}" for n in image.notes))
+
+        devices = available_devices()
+        device = st.selectbox("Device", devices, key="device", format_func=device_label)
+        explainer = _backbone_sidebar(device)
+        if explainer is not None:
+            st.session_state["last_explainer"] = explainer
+        explainer = st.session_state.get("last_explainer") or get_explainer(DEFAULT_BACKBONE, "cpu")
+        with st.expander("Diagnostics"):
+            st.caption(f"torch {torch.__version__} · {device_label(explainer.backbone.device)}")
+            st.json(dict(explainer.stats), expanded=False)
+    selection = Selection(image=image, explainer=explainer, device=str(explainer.backbone.device))
+    st.session_state["selection"] = selection  # lets page tests read the live Explainer's stats
+    return selection

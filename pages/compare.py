@@ -1,0 +1,195 @@
+"""Compare page: one tile per method (and per class), shared display controls."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from cam_core import Cancelled, LayerError, MethodError, TargetError, search_classes
+from cam_core.render import (
+    COLORMAPS,
+    NORMALISATIONS,
+    colorize,
+    compose_grid,
+    downscale_for_display,
+    npy_bytes,
+    png_bytes,
+    render_tile,
+    to_image_map,
+)
+from pages.common import sidebar
+
+DEFAULT_METHODS = ["cam", "gradcam", "gradcampp", "layercam", "eigencam"]
+NORM_HELP = "minmax: (m - min)/(max - min), as Grad-CAM libraries and TS-CAM. max: m/max, as LPCAM and SIPE."
+
+sel = sidebar()
+ex, image, bb = sel.explainer, sel.image, sel.backbone
+st.title("Compare CAM methods")
+
+try:
+    preds = ex.predict(image, 5)
+except (LayerError, RuntimeError) as exc:
+    st.error(f"{bb.name} cannot run on this image: {exc}")
+    st.stop()
+
+# ----- target: top-1, a clicked prediction, a searched class, or the top-k -----------------
+target_key = (image.sha256, bb.name)
+if st.session_state.get("target_for") != target_key:
+    st.session_state["target_for"] = target_key
+    st.session_state["target"] = preds[0].index
+
+
+def _set_target(index: int) -> None:
+    st.session_state["target"] = index
+
+
+display_rgb, _ = downscale_for_display(image.rgb, 640)
+left, right = st.columns([1, 2])
+with left:
+    st.image(display_rgb, caption=f"{image.name} ({image.size[1]}×{image.size[0]}) → {bb.input_size[1]}×{bb.input_size[0]}")
+with right:
+    st.markdown(f"**Top-5 of {bb.name}** — click one to explain it")
+    buttons = st.container(horizontal=True)
+    for p in preds:
+        buttons.button(
+            f"{bb.short_name(p.index)} · {p.probability:.1%}",
+            key=f"pred_{p.index}",
+            on_click=_set_target,
+            args=(p.index,),
+            type="primary" if p.index == st.session_state["target"] else "secondary",
+            help=f"class {p.index}: {p.name}",
+        )
+    c1, c2 = st.columns([3, 2])
+    query = c1.text_input("Search a class by name", key="class_query", placeholder="e.g. tabby, 281")
+    if query:
+        found = [int(query)] if query.strip().isdigit() else search_classes(query, bb.class_names)
+        found = [i for i in found if 0 <= i < bb.num_classes]
+        if found:
+            pick = c1.selectbox("Matches", found, format_func=lambda i: f"{i}: {bb.class_name(i)}", key="class_pick")
+            c1.button("Explain this class", on_click=_set_target, args=(pick,), key="use_pick")
+        else:
+            c1.warning(f"No class name matches '{query}'.")
+    side_by_side = c2.number_input("Classes side by side (top-k)", 1, 5, 1, key="topk",
+                                   help="More than 1: one row per class, the top-k predictions.")
+
+targets = [p.index for p in preds[: int(side_by_side)]] if side_by_side > 1 else [st.session_state["target"]]
+
+# ----- methods, layer, parameters ------------------------------------------------------------
+specs = {s.name: s for s in ex.methods()}
+chosen = st.multiselect(
+    "Methods", list(specs), default=[m for m in DEFAULT_METHODS if m in specs], key="methods",
+    format_func=lambda n: specs[n].label + (" (slow)" if specs[n].slow else ""),
+)
+with st.expander("Layer and method parameters"):
+    layers = bb.layer_choices()
+    layer = st.selectbox("Feature layer", layers, key=f"layer_{bb.name}",
+                         help="CAM always uses the features the classifier pools; the other methods use this layer.")
+    params: dict[str, dict] = {}
+    for name in chosen:
+        for p in specs[name].params:
+            params.setdefault(name, {})[p.name] = st.number_input(
+                f"{specs[name].label}: {p.name}", min_value=p.min, max_value=p.max, value=p.default,
+                step=p.step, help=p.help, key=f"param_{name}_{p.name}",
+            )
+    for name in chosen:
+        st.caption(f"**{specs[name].label}** — {specs[name].description} ({specs[name].reference})")
+
+# ----- display controls: applied at render time, never recompute a map ------------------------
+d1, d2, d3, d4, d5 = st.columns(5)
+cmap = d1.selectbox("Colormap", COLORMAPS, key="cmap")
+opacity = d2.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="opacity")
+norm = d3.radio("Normalisation", NORMALISATIONS, horizontal=True, key="norm", help=NORM_HELP)
+threshold = d4.slider("Threshold (0 = off)", 0.0, 1.0, 0.0, 0.05, key="threshold",
+                      help="Draws the contour of the region at or above it, and the box of its largest part.")
+per_row = d5.slider("Tiles per row", 1, 6, 5, key="per_row")
+show_raw = st.toggle("Show the raw maps too", value=False, key="show_raw")
+
+if not chosen:
+    st.info("Choose one or more methods above.")
+    st.stop()
+
+# ----- compute: fast methods first, slow ones with progress and a stop button ---------------
+results: dict[tuple[int, str], object] = {}
+errors: dict[tuple[int, str], str] = {}
+fast = [m for m in chosen if not specs[m].slow]
+slow = [m for m in chosen if specs[m].slow]
+for t in targets:
+    for m in fast:
+        try:
+            results[(t, m)] = ex.compute(image, m, t, layer, params.get(m))
+        except (MethodError, LayerError, TargetError) as exc:
+            errors[(t, m)] = str(exc)
+
+stopped = st.session_state.setdefault("stopped_slow", set())
+for t in targets:
+    for m in slow:
+        key = (image.sha256, bb.name, layer, m, t)
+        if key in stopped:
+            errors[(t, m)] = "stopped"
+            continue
+        bar = st.empty()
+        stop = st.empty()
+
+        def progress(done: int, total: int, m=m, bar=bar) -> None:
+            bar.progress(done / total, text=f"{specs[m].label}: {done}/{total} channels scored")
+
+        if stop.button(f"Stop {specs[m].label}", key=f"stop_{m}_{t}"):
+            stopped.add(key)
+            errors[(t, m)] = "stopped"
+            stop.empty()
+            continue
+        try:
+            results[(t, m)] = ex.compute(image, m, t, layer, params.get(m), progress=progress)
+        except (MethodError, LayerError, TargetError, Cancelled) as exc:
+            errors[(t, m)] = str(exc)
+        bar.empty()
+        stop.empty()
+
+fwd = ex.forward(image, layer)
+st.caption(
+    f"Shared by all methods: forward pass {fwd.forward_ms:.0f} ms"
+    + "".join(f" · gradient for class {c} {ms:.1f} ms" for c, ms in fwd.gradient_ms.items())
+    + f" · device {sel.device} · layer `{layer}`"
+)
+
+# ----- the grid -------------------------------------------------------------------------------
+sheet_tiles = []
+for t in targets:
+    if len(targets) > 1:
+        st.subheader(f"{bb.short_name(t)} (class {t})")
+    cells = [(m, results.get((t, m)), errors.get((t, m))) for m in chosen]
+    for row_start in range(0, len(cells), per_row):
+        cols = st.columns(per_row)
+        for col, (m, res, err) in zip(cols, cells[row_start : row_start + per_row]):
+            with col:
+                st.markdown(f"**{specs[m].label}**")
+                if res is None:
+                    if err == "stopped":
+                        st.warning("Stopped.")
+                        st.button("Run it", key=f"resume_{m}_{t}",
+                                  on_click=lambda k=(image.sha256, bb.name, layer, m, t): stopped.discard(k))
+                    else:
+                        st.error(err or "not computed")
+                    continue
+                m01 = to_image_map(res.map, display_rgb.shape[:2], norm)
+                tile = render_tile(display_rgb, m01, opacity, cmap, threshold)
+                st.image(tile, width="stretch")
+                if show_raw:
+                    st.image(colorize(m01, cmap), width="stretch", caption="raw map")
+                flags = " · approximate" if res.approximate else ""
+                st.caption(f"{res.target_name} · {res.ms:.1f} ms · {tuple(res.map.shape)}{flags}")
+                sheet_tiles.append((f"{specs[m].label} | {res.target_name}", tile))
+                b1, b2 = st.columns(2)
+                stem = f"{image.stem}_{m}_{t}"
+                b1.download_button(
+                    "PNG", lambda res=res: png_bytes(
+                        render_tile(image.rgb, to_image_map(res.map, image.size, norm), opacity, cmap, threshold)),
+                    file_name=f"{stem}.png", mime="image/png", key=f"png_{m}_{t}", on_click="ignore")
+                b2.download_button(
+                    "NPY", lambda res=res: npy_bytes(to_image_map(res.map, image.size, norm)),
+                    file_name=f"{stem}.npy", mime="application/octet-stream", key=f"npy_{m}_{t}", on_click="ignore")
+
+if sheet_tiles:
+    st.download_button(
+        "Download the whole grid (PNG)",
+        lambda: png_bytes(compose_grid([("image", display_rgb), *sheet_tiles], columns=per_row + 1)),
+        file_name=f"{image.stem}_grid.png", mime="image/png", key="grid_png", on_click="ignore")

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# From zero to the running app: install into ./.venv, then serve on http://localhost:8501
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+exec .venv/bin/python -m streamlit run app.py "$@"

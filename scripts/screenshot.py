@@ -1,0 +1,56 @@
+"""Screenshot of the Compare page for the README: serves the app, opens it in headless Chromium.
+
+    .venv/bin/python scripts/screenshot.py [--out assets/screenshots/compare.png]
+"""
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(ROOT / "assets/screenshots/compare.png"))
+    ap.add_argument("--width", type=int, default=1500)
+    ap.add_argument("--height", type=int, default=1450)
+    args = ap.parse_args()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                               "--server.headless", "true"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=ARGS)
+            page = browser.new_page(viewport={"width": args.width, "height": args.height})
+            page.goto(f"http://127.0.0.1:{port}")
+            page.get_by_text("Eigen-CAM", exact=True).first.wait_for(timeout=180_000)
+            page.get_by_label("Threshold (0 = off)").first.wait_for()
+            page.wait_for_timeout(2500)
+            page.screenshot(path=args.out)
+            browser.close()
+    finally:
+        server.terminate()
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Page tests with Streamlit's AppTest: the Compare page as a user drives it."""
+
+import io
+
+import pytest
+from helpers import ROOT
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+APP = str(ROOT / "app.py")
+
+
+@pytest.fixture
+def app():
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _titles(at):
+    return [m.value.strip("*") for m in at.markdown if m.value.startswith("**") and m.value.endswith("**")]
+
+
+def _tile_captions(at):
+    return [c.value for c in at.caption if " ms · (" in c.value]
+
+
+def _stats(at):
+    return dict(at.session_state["selection"].explainer.stats)
+
+
+def test_opens_with_sample_and_offline_lite0(app):
+    assert app.selectbox(key="backbone_choice").value == "efficientnet_lite0"
+    assert app.selectbox(key="sample").value == "cat.png"
+    assert _titles(app) == ["CAM", "Grad-CAM", "Grad-CAM++", "LayerCAM", "Eigen-CAM"]
+    assert any("Egyptian cat" in b.label for b in app.button)
+    assert not app.error
+
+
+def test_choosing_methods_makes_tiles(app):
+    app.multiselect(key="methods").set_value(["hirescam", "xgradcam", "cam"]).run()
+    assert _titles(app) == ["HiResCAM", "XGrad-CAM", "CAM"]
+    captions = _tile_captions(app)
+    assert len(captions) == 3 and all(c.startswith("Egyptian cat") for c in captions)
+    assert len([b for b in app.get("download_button")]) == 3 * 2 + 1  # PNG + NPY per tile, grid
+
+
+@pytest.mark.parametrize("key,value", [("threshold", 0.4), ("opacity", 0.9), ("per_row", 2)])
+def test_display_controls_do_not_recompute(app, key, value):
+    before = _stats(app)
+    app.slider(key=key).set_value(value).run()
+    assert not app.exception
+    assert _stats(app) == before
+    assert len(_titles(app)) == 5
+
+
+def test_colormap_and_normalisation_do_not_recompute(app):
+    before = _stats(app)
+    app.selectbox(key="cmap").set_value("viridis").run()
+    app.radio(key="norm").set_value("max").run()
+    assert _stats(app) == before and not app.exception
+
+
+def test_clicking_a_prediction_changes_the_target_without_a_new_forward(app):
+    before = _stats(app)
+    tabby = next(b for b in app.button if b.label.startswith("tabby"))
+    tabby.click().run()
+    captions = _tile_captions(app)
+    assert captions and all(c.startswith("tabby") or c.startswith("class-agnostic") for c in captions)
+    after = _stats(app)
+    assert after["forwards"] == before["forwards"]
+    assert after["maps"] == before["maps"] + 4  # four class-specific maps; Eigen-CAM is reused
+
+
+def test_class_search_and_topk(app):
+    app.text_input(key="class_query").set_value("lynx").run()
+    app.button(key="use_pick").click().run()
+    assert any(c.startswith("lynx") for c in _tile_captions(app))
+    app.number_input(key="topk").set_value(3).run()
+    assert [s.value for s in app.subheader][:3] == ["Egyptian cat (class 285)", "tiger cat (class 282)", "tabby (class 281)"]
+
+
+def test_bad_uploads_show_a_message_and_keep_the_app_working(app):
+    app.radio(key="image_source").set_value("Upload").run()
+    for name, data, needle in [
+        ("empty.png", b"", "empty"),
+        ("notes.txt", b"just text", "not an image"),
+        ("half.jpg", (ROOT / "assets/samples/dog.jpg").read_bytes()[:4000], "truncated"),
+    ]:
+        app.file_uploader(key="upload").set_value((name, data, "application/octet-stream")).run()
+        assert not app.exception
+        assert any(needle in e.value for e in app.error), [e.value for e in app.error]
+        assert len(_titles(app)) == 5  # the last good image still shows its tiles
+
+
+def test_good_upload_replaces_the_image(app):
+    buf = io.BytesIO()
+    Image.open(ROOT / "assets/samples/coffee.png").convert("RGBA").save(buf, format="PNG")
+    app.radio(key="image_source").set_value("Upload").run()
+    app.file_uploader(key="upload").set_value(("coffee.png", buf.getvalue(), "image/png")).run()
+    assert not app.exception and not app.error
+    assert any(b.label.startswith("espresso") for b in app.button)
+
+
+def test_score_cam_topn_runs_with_its_parameters(app):
+    app.multiselect(key="methods").set_value(["scorecam_topn"]).run()
+    app.number_input(key="param_scorecam_topn_channels").set_value(8).run()
+    assert _titles(app) == ["Score-CAM (top-N channels)"]
+    assert any("approximate" in c for c in _tile_captions(app))
+
+
+def test_path_outside_allowed_folders_is_refused(app):
+    app.radio(key="image_source").set_value("Path").run()
+    app.text_input(key="image_path").set_value("/etc/passwd").run()
+    assert any("outside the allowed folders" in e.value for e in app.error)
+    app.text_input(key="image_path").set_value("dog.jpg").run()
+    assert not app.error and not app.exception
+
+
+def test_offline_hub_backbone_is_a_message_not_a_traceback(app, monkeypatch):
+    from cam_core import backbones
+
+    monkeypatch.setattr(backbones, "_hub_reachable", lambda *a, **k: False)
+    app.selectbox(key="backbone_choice").set_value("timm hub model (online)…").run()
+    assert not app.exception
+    assert any("Offline choices" in e.value for e in app.error)
+    assert len(_titles(app)) == 5  # still the previous backbone's tiles

@@ -1,0 +1,89 @@
+"""End to end: the served app in headless Chromium (Debian's chromium, driven by Playwright)."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from helpers import ROOT
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str | None:
+    return os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_app():
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + (proc.stdout.read() if proc.stdout else ""))
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = chromium_path()
+    if path is None:
+        if os.environ.get("CAM_EXPLORER_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (apt install chromium)")
+        pytest.skip("chromium is not installed (apt install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def test_served_app_shows_the_grid_and_retargets(served_app, browser):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.goto(served_app)
+    main = page.locator("section.stMain, [data-testid='stMain']").first
+    # the five default tiles, each with its overlay image
+    for title in ["CAM", "Grad-CAM", "Grad-CAM++", "LayerCAM", "Eigen-CAM"]:
+        main.get_by_text(title, exact=True).first.wait_for(timeout=180_000)
+    page.wait_for_function(
+        "document.querySelectorAll(\"[data-testid='stMain'] [data-testid='stImage'] img\").length >= 6",
+        timeout=60_000)
+    # four class-specific tiles explain the top-1 class (Eigen-CAM is class-agnostic)
+    expect(main.get_by_text(re.compile(r"^Egyptian cat · [\d.]+ ms"))).to_have_count(4, timeout=60_000)
+    # click another prediction: the tiles now explain it
+    main.get_by_role("button", name=re.compile(r"^tiger cat · ")).click()
+    expect(main.get_by_text(re.compile(r"^tiger cat · [\d.]+ ms"))).to_have_count(4, timeout=60_000)
+    expect(main.get_by_text(re.compile(r"^Egyptian cat · [\d.]+ ms"))).to_have_count(0)
+    page.close()
