@@ -81,6 +81,16 @@ def _use_sample(name: str) -> None:
     st.session_state["image_source"] = "Sample"
 
 
+@st.dialog("Sample images", width="large")
+def _browse_samples(names: list[str]) -> None:
+    # A dialog, not a popover: its thumbnails are sent only when it is opened.
+    cols = st.columns(6)
+    for i, n in enumerate(names):
+        with cols[i % 6]:
+            st.image(thumbnail(str(SAMPLES / n)), width="stretch")
+            st.button(Path(n).stem, key=f"thumb_{n}", on_click=_use_sample, args=(n,), width="stretch")
+
+
 def _image_sidebar() -> LoadedImage | None:
     source = st.radio("Image", ["Sample", "Upload", "Path"], horizontal=True, key="image_source")
     try:
@@ -89,12 +99,8 @@ def _image_sidebar() -> LoadedImage | None:
             if st.session_state.get("sample") not in names:
                 st.session_state["sample"] = DEFAULT_SAMPLE
             name = st.selectbox("Sample image", names, key="sample")
-            with st.popover("Browse samples", width="stretch"):
-                cols = st.columns(4)
-                for i, n in enumerate(names):
-                    with cols[i % 4]:
-                        st.image(thumbnail(str(SAMPLES / n)), width="stretch")
-                        st.button(Path(n).stem, key=f"thumb_{n}", on_click=_use_sample, args=(n,), width="stretch")
+            if st.button("Browse samples", width="stretch"):
+                _browse_samples(names)
             path = SAMPLES / name
             return decode_path(str(path), path.stat().st_mtime)
         if source == "Upload":

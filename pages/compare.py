@@ -44,8 +44,6 @@ def _set_target(index: int) -> None:
 
 display_rgb, _ = downscale_for_display(image.rgb, 640)
 left, right = st.columns([1, 2])
-with left:
-    st.image(display_rgb, caption=f"{image.name} ({image.size[1]}×{image.size[0]}) → {bb.input_size[1]}×{bb.input_size[0]}")
 with right:
     st.markdown(f"**Top-5 of {bb.name}** — click one to explain it")
     buttons = st.container(horizontal=True)
@@ -107,87 +105,101 @@ if not chosen:
     st.info("Choose one or more methods above.")
     st.stop()
 
-# ----- compute: fast methods first, slow ones with progress and a stop button ---------------
+# ----- compute every fast map BEFORE sending any image: on a 2-core machine the server thread
+# and the browser, busy with freshly sent images, slowed the forward pass ~10x (measured).
 results: dict[tuple[int, str], object] = {}
 errors: dict[tuple[int, str], str] = {}
-fast = [m for m in chosen if not specs[m].slow]
-slow = [m for m in chosen if specs[m].slow]
 for t in targets:
-    for m in fast:
+    for m in chosen:
+        if specs[m].slow:
+            continue
         try:
             results[(t, m)] = ex.compute(image, m, t, layer, params.get(m))
         except (MethodError, LayerError, TargetError) as exc:
             errors[(t, m)] = str(exc)
 
-stopped = st.session_state.setdefault("stopped_slow", set())
-for t in targets:
-    for m in slow:
-        key = (image.sha256, bb.name, layer, m, t)
-        if key in stopped:
-            errors[(t, m)] = "stopped"
-            continue
-        bar = st.empty()
-        stop = st.empty()
-
-        def progress(done: int, total: int, m=m, bar=bar) -> None:
-            bar.progress(done / total, text=f"{specs[m].label}: {done}/{total} channels scored")
-
-        if stop.button(f"Stop {specs[m].label}", key=f"stop_{m}_{t}"):
-            stopped.add(key)
-            errors[(t, m)] = "stopped"
-            stop.empty()
-            continue
-        try:
-            results[(t, m)] = ex.compute(image, m, t, layer, params.get(m), progress=progress)
-        except (MethodError, LayerError, TargetError, Cancelled) as exc:
-            errors[(t, m)] = str(exc)
-        bar.empty()
-        stop.empty()
-
+left.image(display_rgb, caption=f"{image.name} ({image.size[1]}×{image.size[0]}) → {bb.input_size[1]}×{bb.input_size[0]}")
 fwd = ex.forward(image, layer)
-st.caption(
+timing = st.empty()
+sheet_tiles: list[tuple[str, object]] = []
+
+
+def fill_tile(cell, m: str, t: int) -> None:
+    res, err = results.get((t, m)), errors.get((t, m))
+    with cell:
+        if res is None:
+            st.error(err or "not computed")
+            return
+        m01 = to_image_map(res.map, display_rgb.shape[:2], norm)
+        tile = render_tile(display_rgb, m01, opacity, cmap, threshold)
+        st.image(tile, width="stretch")
+        if show_raw:
+            st.image(colorize(m01, cmap), width="stretch", caption="raw map")
+        flags = " · approximate" if res.approximate else ""
+        st.caption(f"{res.target_name} · {res.ms:.1f} ms · {tuple(res.map.shape)}{flags}")
+        sheet_tiles.append((f"{specs[m].label} | {res.target_name}", tile))
+        b1, b2 = st.columns(2)
+        stem = f"{image.stem}_{m}_{t}"
+        # Full-resolution files are made only when clicked (deferred callables).
+        b1.download_button(
+            "PNG", lambda: png_bytes(
+                render_tile(image.rgb, to_image_map(res.map, image.size, norm), opacity, cmap, threshold)),
+            file_name=f"{stem}.png", mime="image/png", key=f"png_{m}_{t}", on_click="ignore")
+        b2.download_button(
+            "NPY", lambda: npy_bytes(to_image_map(res.map, image.size, norm)),
+            file_name=f"{stem}.npy", mime="application/octet-stream", key=f"npy_{m}_{t}", on_click="ignore")
+
+
+# ----- the grid: one cell per (class, method); fast tiles now, slow ones with progress in place
+cells = {}
+for t in targets:
+    if len(targets) > 1:
+        st.subheader(f"{bb.short_name(t)} (class {t})")
+    for row_start in range(0, len(chosen), per_row):
+        for col, m in zip(st.columns(per_row), chosen[row_start : row_start + per_row]):
+            cells[(t, m)] = col.container()
+            cells[(t, m)].markdown(f"**{specs[m].label}**")
+for (t, m), cell in cells.items():
+    if not specs[m].slow:
+        fill_tile(cell, m, t)
+
+stopped = st.session_state.setdefault("stopped_slow", set())
+for (t, m), cell in cells.items():
+    if not specs[m].slow:
+        continue
+    key = (image.sha256, bb.name, layer, m, t)
+    if key in stopped:
+        with cell:
+            st.warning("Stopped.")
+            st.button("Run it", key=f"resume_{m}_{t}", on_click=stopped.discard, args=(key,))
+        continue
+    with cell:
+        bar, stop = st.empty(), st.empty()
+    if stop.button(f"Stop {specs[m].label}", key=f"stop_{m}_{t}"):
+        # The click itself interrupted the run in progress; remember not to restart it.
+        stopped.add(key)
+        stop.empty()
+        with cell:
+            st.warning("Stopped.")
+            st.button("Run it", key=f"resume_{m}_{t}", on_click=stopped.discard, args=(key,))
+        continue
+
+    def progress(done: int, total: int, m=m, bar=bar) -> None:
+        bar.progress(done / total, text=f"{done}/{total} channels scored")
+
+    try:
+        results[(t, m)] = ex.compute(image, m, t, layer, params.get(m), progress=progress)
+    except (MethodError, LayerError, TargetError, Cancelled) as exc:
+        errors[(t, m)] = str(exc)
+    bar.empty()
+    stop.empty()
+    fill_tile(cell, m, t)
+
+timing.caption(
     f"Shared by all methods: forward pass {fwd.forward_ms:.0f} ms"
     + "".join(f" · gradient for class {c} {ms:.1f} ms" for c, ms in fwd.gradient_ms.items())
     + f" · device {sel.device} · layer `{layer}`"
 )
-
-# ----- the grid -------------------------------------------------------------------------------
-sheet_tiles = []
-for t in targets:
-    if len(targets) > 1:
-        st.subheader(f"{bb.short_name(t)} (class {t})")
-    cells = [(m, results.get((t, m)), errors.get((t, m))) for m in chosen]
-    for row_start in range(0, len(cells), per_row):
-        cols = st.columns(per_row)
-        for col, (m, res, err) in zip(cols, cells[row_start : row_start + per_row]):
-            with col:
-                st.markdown(f"**{specs[m].label}**")
-                if res is None:
-                    if err == "stopped":
-                        st.warning("Stopped.")
-                        st.button("Run it", key=f"resume_{m}_{t}",
-                                  on_click=lambda k=(image.sha256, bb.name, layer, m, t): stopped.discard(k))
-                    else:
-                        st.error(err or "not computed")
-                    continue
-                m01 = to_image_map(res.map, display_rgb.shape[:2], norm)
-                tile = render_tile(display_rgb, m01, opacity, cmap, threshold)
-                st.image(tile, width="stretch")
-                if show_raw:
-                    st.image(colorize(m01, cmap), width="stretch", caption="raw map")
-                flags = " · approximate" if res.approximate else ""
-                st.caption(f"{res.target_name} · {res.ms:.1f} ms · {tuple(res.map.shape)}{flags}")
-                sheet_tiles.append((f"{specs[m].label} | {res.target_name}", tile))
-                b1, b2 = st.columns(2)
-                stem = f"{image.stem}_{m}_{t}"
-                b1.download_button(
-                    "PNG", lambda res=res: png_bytes(
-                        render_tile(image.rgb, to_image_map(res.map, image.size, norm), opacity, cmap, threshold)),
-                    file_name=f"{stem}.png", mime="image/png", key=f"png_{m}_{t}", on_click="ignore")
-                b2.download_button(
-                    "NPY", lambda res=res: npy_bytes(to_image_map(res.map, image.size, norm)),
-                    file_name=f"{stem}.npy", mime="application/octet-stream", key=f"npy_{m}_{t}", on_click="ignore")
-
 if sheet_tiles:
     st.download_button(
         "Download the whole grid (PNG)",

@@ -1,9 +1,13 @@
 """Constructed models and inputs with known answers, shared by the tests."""
 
+import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from cam_core import Backbone, from_array
@@ -68,3 +72,43 @@ def pearson(a, b) -> float:
     b = np.asarray(b, np.float64).ravel()
     assert a.std() > 0 and b.std() > 0, "a constant map cannot be compared"
     return float(np.corrcoef(a, b)[0, 1])
+
+
+def png_header_only(width, height):
+    """A valid PNG of the stated size whose pixel data is never needed: the loader must
+    refuse it from the header, before decoding 400 megapixels."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def encode(img, fmt, **kw):
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def awkward_images() -> list[tuple[str, bytes, str | None]]:
+    """(file name, bytes, expected error or None) for every kind of input a new user tries."""
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:, :30] = (200, 30, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    pal = Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE)
+    deep = (np.arange(40 * 60, dtype=np.uint32).reshape(40, 60) * 27).astype(np.uint16)
+    jpeg = encode(Image.fromarray(rgb), "JPEG", quality=90)
+    return [
+        ("notes.txt", b"just some text\n" * 20, "not an image"),
+        ("empty.png", b"", "empty"),
+        ("half.jpg", jpeg[: len(jpeg) // 2], "truncated"),
+        ("huge.png", png_header_only(20000, 20000), "above the limit of 40 megapixels"),
+        ("deep.png", encode(Image.fromarray(deep), "PNG"), None),
+        ("cmyk.jpg", encode(Image.fromarray(rgb).convert("CMYK"), "JPEG"), None),
+        ("gray.png", encode(Image.fromarray(rgb).convert("L"), "PNG"), None),
+        ("rgba.png", encode(Image.fromarray(rgb).convert("RGBA"), "PNG"), None),
+        ("palette.gif", encode(pal, "GIF"), None),
+        ("rotated.jpg", encode(Image.fromarray(rgb), "JPEG", exif=exif), None),
+    ]

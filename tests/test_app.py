@@ -3,7 +3,7 @@
 import io
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, awkward_images
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -81,17 +81,19 @@ def test_class_search_and_topk(app):
     assert [s.value for s in app.subheader][:3] == ["Egyptian cat (class 285)", "tiger cat (class 282)", "tabby (class 281)"]
 
 
-def test_bad_uploads_show_a_message_and_keep_the_app_working(app):
+@pytest.mark.parametrize("name,data,error", awkward_images(), ids=[a[0] for a in awkward_images()])
+def test_awkward_uploads_are_shown_or_refused_and_the_app_keeps_working(app, name, data, error):
     app.radio(key="image_source").set_value("Upload").run()
-    for name, data, needle in [
-        ("empty.png", b"", "empty"),
-        ("notes.txt", b"just text", "not an image"),
-        ("half.jpg", (ROOT / "assets/samples/dog.jpg").read_bytes()[:4000], "truncated"),
-    ]:
-        app.file_uploader(key="upload").set_value((name, data, "application/octet-stream")).run()
-        assert not app.exception
-        assert any(needle in e.value for e in app.error), [e.value for e in app.error]
-        assert len(_titles(app)) == 5  # the last good image still shows its tiles
+    app.file_uploader(key="upload").set_value((name, data, "application/octet-stream")).run()
+    assert not app.exception
+    errors = [e.value for e in app.error]
+    if error:
+        assert any(error in e for e in errors), errors
+        assert any(b.label.startswith("Egyptian cat") for b in app.button)  # the last good image stays
+    else:
+        assert not errors
+        assert any(c.value.startswith(name) for c in app.sidebar.caption)  # now showing the upload
+    assert len(_titles(app)) == 5
 
 
 def test_good_upload_replaces_the_image(app):

@@ -1,32 +1,13 @@
 """Every kind of bad or unusual image a new user might try: shown correctly or refused clearly."""
 
-import io
-import struct
-import zlib
-
 import numpy as np
 import pytest
+from helpers import encode as _encode
+from helpers import png_header_only as _png_header_only
 from PIL import Image
 
 from cam_core import MAX_PIXELS, ImageError, load_image
 from cam_core.images import resolve_under
-
-
-def _png_header_only(width, height):
-    """A valid PNG of the stated size whose pixel data is never needed: the loader must
-    refuse it from the header, before decoding 400 megapixels."""
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
-
-
-def _encode(img, fmt, **kw):
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def test_non_image_is_refused():
