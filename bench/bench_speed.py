@@ -12,9 +12,12 @@ inference_mode. Prints a table and the ratios the project's targets are stated i
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is first imported: pytorch-grad-cam's Score-CAM bar
+
 import argparse
 import copy
-import os
 import statistics
 import sys
 import time
@@ -25,7 +28,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM progress bar
 
 from cam_core import Explainer, load_backbone, load_image  # noqa: E402
 from cam_core.render import normalize  # noqa: E402
