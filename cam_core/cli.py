@@ -18,12 +18,14 @@ from PIL import Image
 from .backbones import BackboneError, device_label, load_backbone
 from .engine import Explainer, LayerError
 from .images import ImageError, load_image
+from .kmeans import KMeansError
 from .methods import METHODS, Cancelled, MethodError, get_method
+from .prototypes import BankError, PrototypeBank, build_bank, folder_items
 from .render import NORMALISATIONS, overlay, to_image_map
 from .targets import TargetError, top_predictions
 
 EXIT_BAD_INPUT = 2
-USER_ERRORS = (ImageError, TargetError, LayerError, MethodError, BackboneError, Cancelled)
+USER_ERRORS = (ImageError, TargetError, LayerError, MethodError, BackboneError, BankError, KMeansError, Cancelled)
 
 
 def _fail(msg: str) -> None:
@@ -57,10 +59,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         backbone = load_backbone(
             args.backbone, args.device, checkpoint=args.checkpoint, num_classes=args.num_classes, class_names=args.class_names
         )
+        explainer = Explainer(backbone)
+        if args.bank:
+            explainer.set_bank(PrototypeBank.load(args.bank))
     except USER_ERRORS as exc:
         _fail(str(exc))
         return EXIT_BAD_INPUT
-    explainer = Explainer(backbone)
     for m in methods:
         if backbone.kind not in get_method(m).kinds:
             _fail(f"method {m} does not apply to {backbone.kind.upper()} backbones")
@@ -74,6 +78,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "weights": backbone.source,
         "device": device_label(backbone.device),
         "layer": explainer.layer_or_default(args.layer),
+        "bank": explainer.bank.describe() if explainer.bank is not None else None,
         "normalisation": args.norm,
         "timing": "per method: its own compute on top of the shared forward pass, in-process after a warm-up",
         "images": {},
@@ -135,10 +140,32 @@ def _explain_one(explainer, image, methods, params, args, folder: Path, stem: st
             "label": res.label,
             "layer": res.layer,
             "approximate": res.approximate,
+            "note": res.note,
             "npy": f"{stem}/{m}.npy",
             "png": f"{stem}/{m}.png",
         }
     return record
+
+
+def cmd_bank_build(args: argparse.Namespace) -> int:
+    try:
+        backbone = load_backbone(args.backbone, args.device)
+        explainer = Explainer(backbone)
+        items = folder_items(args.folder, backbone.class_names)
+
+        def progress(done, total):
+            print(f"\r{done}/{total} images", end="" if done < total else "\n", file=sys.stderr)
+
+        report = build_bank(explainer, items, name=args.name or Path(args.folder).name,
+                            max_per_class=args.max_per_class, progress=progress if sys.stderr.isatty() else None)
+        for line in report.skipped:
+            _fail(f"skipped {line}")
+        path = report.bank.save(args.out, tau=args.tau, k=args.k)
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+        return EXIT_BAD_INPUT
+    print(f"{report.bank.describe()} -> {path}")
+    return EXIT_BAD_INPUT if report.skipped else 0
 
 
 def cmd_list(_args: argparse.Namespace) -> int:
@@ -174,7 +201,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="local .safetensors/.pth for the timm arch named by --backbone")
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--class-names", default=None, help="text file, one class name per line")
+    p.add_argument("--bank", default=None, help="LPCAM prototype bank (.safetensors from `bank build` or the app)")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("bank", help="LPCAM prototype banks")
+    bank_sub = p.add_subparsers(dest="bank_command", required=True)
+    b = bank_sub.add_parser("build", help="build a bank from a folder (ImageFolder layout, or flat = top-1 labels)")
+    b.add_argument("folder")
+    b.add_argument("--backbone", default="efficientnet_lite0")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--out", required=True, help="file to write (.safetensors)")
+    b.add_argument("--name", default=None)
+    b.add_argument("--max-per-class", type=int, default=20_000, help="pixel features kept per class")
+    b.add_argument("--tau", type=float, default=0.1, help="recorded as the bank's default tau")
+    b.add_argument("--k", type=int, default=12, help="recorded as the bank's default K")
+    b.set_defaults(func=cmd_bank_build)
 
     p = sub.add_parser("list", help="list backbones and methods")
     p.set_defaults(func=cmd_list)

@@ -26,7 +26,7 @@ import torch
 from .backbones import FEATURES, Backbone, BackboneError
 from .images import LoadedImage, from_array
 from .methods import METHODS, MethodError, MethodSpec, get_method
-from .methods.base import NEEDS_GRADIENT, NEEDS_HEAD
+from .methods.base import NEEDS_BANK, NEEDS_GRADIENT, NEEDS_HEAD
 from .targets import Prediction, TargetError, resolve_targets, top_predictions
 
 
@@ -35,20 +35,31 @@ class LayerError(ValueError):
 
 
 class _LayerTap:
-    """Context manager: taps one named module's output as a grad-requiring leaf."""
+    """Context manager: taps one named module's output as a grad-requiring leaf, and keeps
+    (detached) the outputs of a few more modules, e.g. the stages SIPE reads."""
 
-    def __init__(self, model: torch.nn.Module, layer: str):
+    def __init__(self, model: torch.nn.Module, layer: str, keep: tuple[str, ...] = ()):
         self.model, self.layer = model, layer
+        self.keep = tuple(n for n in keep if n != FEATURES)
         self.leaf: torch.Tensor | None = None
-        self._handle = None
+        self.kept: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def _module(self, name: str) -> torch.nn.Module:
+        try:
+            return self.model.get_submodule(name)
+        except AttributeError:
+            raise LayerError(f"the model has no layer named '{name}'") from None
 
     def __enter__(self) -> _LayerTap:
-        if self.layer != FEATURES:
-            try:
-                module = self.model.get_submodule(self.layer)
-            except AttributeError:
-                raise LayerError(f"the model has no layer named '{self.layer}'") from None
-            self._handle = module.register_forward_hook(self._hook)
+        try:
+            if self.layer != FEATURES:
+                self._handles.append(self._module(self.layer).register_forward_hook(self._hook))
+            for name in self.keep:
+                self._handles.append(self._module(name).register_forward_hook(self._keeper(name)))
+        except LayerError:
+            self.__exit__()
+            raise
         return self
 
     def _hook(self, _module, _inputs, output):
@@ -57,10 +68,17 @@ class _LayerTap:
         self.leaf = output.detach().requires_grad_(True)
         return self.leaf.clone()
 
+    def _keeper(self, name: str):
+        def hook(_module, _inputs, output):
+            if torch.is_tensor(output):
+                self.kept[name] = output.detach()
+
+        return hook
+
     def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
 
 @dataclass
@@ -80,6 +98,34 @@ class ForwardPass:
     _graph_logits: torch.Tensor = field(repr=False, default=None)
     _grads: dict = field(repr=False, default_factory=dict)
     gradient_ms: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)  # stage name -> C x h x w (detached), see Backbone.stage_layers
+    _scaled: dict = field(repr=False, default_factory=dict)
+    _banks: dict = field(repr=False, default_factory=dict)
+
+    def features_at(self, scale: float = 1.0, flip: bool = False) -> torch.Tensor:
+        """Head-input features (C x h x w) of the input resized by `scale` (and mirrored,
+        then mirrored back, if `flip`): the multi-scale inputs of LPCAM. Cached."""
+        key = (round(scale, 4), flip)
+        if key not in self._scaled:
+            x = self.input
+            if scale != 1.0:
+                h, w = x.shape[-2:]
+                size = (max(1, round(h * scale)), max(1, round(w * scale)))
+                x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            if flip:
+                x = x.flip(-1)
+            with torch.inference_mode():
+                feats = self.backbone.to_spatial(self.backbone.model.forward_features(x))
+            self._scaled[key] = feats.flip(-1) if flip else feats
+        return self._scaled[key]
+
+    def image_bank(self, target: int):
+        """LPCAM's bank built from this image alone (cached per class)."""
+        if target not in self._banks:
+            from .prototypes import image_bank
+
+            self._banks[target] = image_bank(self, target, self.backbone)
+        return self._banks[target]
 
     def gradient(self, target: int) -> torch.Tensor:
         """d logit_target / d activations (C x h x w), computed once per class."""
@@ -100,6 +146,7 @@ class MethodContext:
     fwd: ForwardPass
     progress: Callable[[int, int], None] | None = None
     cancel: Callable[[], bool] | None = None
+    explainer: Explainer | None = None
 
     @property
     def backbone(self) -> Backbone:
@@ -125,6 +172,7 @@ class CamResult:
     approximate: bool
     params: tuple = ()
     note: str = ""
+    extras: dict = field(default_factory=dict)  # method-specific results (e.g. SIPE's seeds)
 
 
 def _sync(device: torch.device) -> None:
@@ -143,6 +191,14 @@ class Explainer:
         self._maps: OrderedDict[tuple, CamResult] = OrderedDict()
         self._lock = threading.RLock()
         self.stats: Counter = Counter()  # forwards, gradients, method runs: lets tests prove caching
+        self.bank = None  # the active LPCAM prototype bank (cam_core.prototypes.PrototypeBank) or None
+
+    def set_bank(self, bank) -> None:
+        """Use this prototype bank for LPCAM (None: build one from each image itself)."""
+        if bank is not None:
+            bank.check_fits(self.backbone)
+        with self._lock:
+            self.bank = bank
 
     # ----- forward ---------------------------------------------------------------------
     def layer_or_default(self, layer: str | None) -> str:
@@ -167,7 +223,7 @@ class Explainer:
             raise LayerError(f"{bb.name} has no forward_features/forward_head split; name a layer")
         x = bb.preprocess(image.rgb)
         t0 = time.perf_counter()
-        with torch.enable_grad(), _LayerTap(bb.model, layer) as tap:
+        with torch.enable_grad(), _LayerTap(bb.model, layer, bb.stage_layers) as tap:
             if bb.has_head_split:
                 feats = bb.model.forward_features(x)
                 if layer == FEATURES:
@@ -188,6 +244,9 @@ class Explainer:
             raise LayerError(str(exc)) from None
         self.stats["forwards"] += 1
         detached = logits.detach()[0]
+        stages = {name: bb.to_spatial(t) for name, t in tap.kept.items()}
+        if head_features is not None:
+            stages[FEATURES] = head_features
         return ForwardPass(
             backbone=bb,
             layer=layer,
@@ -199,6 +258,7 @@ class Explainer:
             forward_ms=forward_ms,
             _leaf=tap.leaf,
             _graph_logits=logits,
+            stages=stages,
         )
 
     # ----- predictions and targets -----------------------------------------------------
@@ -241,19 +301,21 @@ class Explainer:
             target = int(fwd.probs.argmax())
         target = resolve_targets(int(target), fwd.probs, self.backbone)[0]
         key_target = target if spec.class_specific else None
-        key = (image.sha256, layer, method, key_target, tuple(sorted(resolved.items())))
+        bank_key = (self.bank.key if self.bank is not None else "image") if NEEDS_BANK in spec.needs else None
+        key = (image.sha256, layer, method, key_target, tuple(sorted(resolved.items())), bank_key)
         # The whole computation holds the lock: the model is shared between sessions and a
         # layer tap installed by one thread's forward would fire in another's.
         with self._lock:
             if key in self._maps:
                 self._maps.move_to_end(key)
                 return self._maps[key]
-            ctx = MethodContext(fwd, progress=progress, cancel=cancel)
+            ctx = MethodContext(fwd, progress=progress, cancel=cancel, explainer=self)
             if NEEDS_GRADIENT in spec.needs:
                 fwd.gradient(target)  # shared by all gradient methods; reported once as gradient_ms
             t0 = time.perf_counter()
             with torch.no_grad():
-                raw = spec.fn(ctx, target, **resolved)
+                out = spec.fn(ctx, target, **resolved)
+            raw, extras = out if isinstance(out, tuple) else (out, {})
             _sync(raw.device)
             ms = (time.perf_counter() - t0) * 1000
         raw = torch.nan_to_num(raw.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
@@ -267,6 +329,8 @@ class Explainer:
             layer=layer,
             approximate=spec.approximate or (NEEDS_HEAD in spec.needs and not self.backbone.cam_exact),
             params=tuple(sorted(resolved.items())),
+            note=str(extras.pop("note", "")),
+            extras=extras,
         )
         with self._lock:
             self.stats["maps"] += 1

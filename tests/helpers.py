@@ -51,6 +51,42 @@ class TwoChannelNet(nn.Module):
         return self.fc
 
 
+class ColorNet(nn.Module):
+    """Features = the ReLU'd RGB channels themselves (1x1 identity conv); GAP + a linear head
+    with the given weight (classes x 3), no bias. A colour is a feature vector."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.eye(3)[:, :, None, None])
+        self.fc = nn.Linear(3, weight.shape[0], bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(weight)
+
+    def forward_features(self, x):
+        return torch.relu(self.conv(x))
+
+    def forward_head(self, f):
+        return self.fc(f.mean(dim=(2, 3)))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self):
+        return self.fc
+
+
+def color_backbone(weight, size=32, names=None) -> Backbone:
+    model = ColorNet(torch.as_tensor(weight, dtype=torch.float32)).eval().requires_grad_(False)
+    n = model.fc.weight.shape[0]
+    return Backbone(
+        name="colors", model=model, kind="cnn", input_size=(size, size), mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0), interpolation="nearest", class_names=names or [f"c{i}" for i in range(n)],
+        source="test",
+    )
+
+
 def toy_backbone(region=None, size=32) -> Backbone:
     model = TwoChannelNet(size, region).eval().requires_grad_(False)
     return Backbone(

@@ -78,3 +78,24 @@ def test_module_entry_point_runs(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert np.load(tmp_path / "robin" / "layercam.npy").shape == (254, 380)
+
+
+def test_bank_build_then_explain_with_it(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    for sub, f in (("tabby", "cat.png"), ("espresso", "coffee.png")):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / f).write_bytes((SAMPLES / f).read_bytes())
+    bank = tmp_path / "pets.safetensors"
+    assert main(["bank", "build", str(folder), "--out", str(bank)]) == 0
+    assert "2 images" in capsys.readouterr().out
+    out = tmp_path / "o"
+    assert main(["explain", str(SAMPLES / "cat.png"), "--methods", "lpcam,sipe", "--target", "281",
+                 "--bank", str(bank), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bank"].startswith("imgs: 2 images")
+    assert "bank: imgs" in summary["images"]["cat"]["methods"]["lpcam"]["note"]
+    assert np.load(out / "cat" / "sipe.npy").shape == (300, 451)
+    # K above the foreground pixels: one clear line, exit 2
+    rc = main(["explain", str(SAMPLES / "cat.png"), "--methods", "lpcam", "--param", "lpcam.k=64",
+               "--param", "lpcam.tau=0.9", "--out", str(out)])
+    assert rc == 2 and "is larger than the" in capsys.readouterr().err

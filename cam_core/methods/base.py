@@ -39,8 +39,14 @@ class Param:
                 raise MethodError(f"{self.name} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
             return value
         kind = type(self.default)
+        if kind is bool:
+            if isinstance(value, str):
+                if value.strip().lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise MethodError(f"{self.name} must be true or false, got {value!r}")
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
         try:
-            value = kind(value) if kind is not bool else bool(value)
+            value = kind(value)
         except (TypeError, ValueError):
             raise MethodError(f"{self.name} must be a {kind.__name__}, got {value!r}") from None
         if self.min is not None and value < self.min or self.max is not None and value > self.max:

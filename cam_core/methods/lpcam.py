@@ -1,0 +1,64 @@
+"""LPCAM (Chen et al., CVPR 2023): class and context prototypes from K-means of pixel features."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import NEEDS_BANK, NEEDS_HEAD, MethodSpec, Param, register
+
+SCALES = (1.0, 0.5, 1.5, 2.0)  # the official inference scales, each with its mirror image
+
+
+def lpcam(ctx, target: int, k: int = 12, tau: float = 0.1, mu_f: float = 0.9, mu_b: float = 0.9,
+          mu_low: float = 0.05, rule: str = "auto", rank: int = 5, use_bias: bool = False,
+          multiscale: bool = False):
+    from ..prototypes import lpcam_map
+
+    bb = ctx.backbone
+    bank = ctx.explainer.bank if ctx.explainer is not None else None
+    if bank is None or target not in bank.classes:
+        bank = ctx.fwd.image_bank(target)
+        source = "this image"
+    else:
+        source = bank.name
+    sel = bank.select(bb, target, k, tau, mu_f, mu_b, mu_low, rule, rank, use_bias)
+    if not multiscale:
+        out = lpcam_map(ctx.fwd.head_features, sel)
+    else:
+        # As the official make_lpcam: features of the image plus those of its mirror image
+        # (mirrored back), per scale; maps resized to the input and averaged.
+        size = ctx.fwd.input.shape[-2:]
+        maps = []
+        for s in SCALES:
+            feats = ctx.fwd.features_at(s, False) + ctx.fwd.features_at(s, True)
+            m = lpcam_map(feats, sel)
+            maps.append(F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0])
+        out = torch.stack(maps).mean(dim=0)
+    note = f"bank: {source}; {sel.note}; {int(sel.fg_selected.sum())}/{len(sel.fg_prob)} class and " \
+           f"{int(sel.bg_selected.sum())}/{len(sel.bg_prob)} context prototypes"
+    return out, {"selection": sel, "bank": source, "note": note}
+
+
+register(MethodSpec(
+    "lpcam", "LPCAM", lpcam,
+    "Cosine similarity to the class's local prototypes (K-means centres of its foreground pixel "
+    "features chosen by the classifier) minus that to its context prototypes.",
+    frozenset({NEEDS_HEAD, NEEDS_BANK}),
+    (
+        Param("k", 12, "K of K-means, for the foreground and the context features (12 on VOC).", 1, 64, 1),
+        Param("tau", 0.1, "Pixels with normalised CAM > tau are foreground (0.1 on VOC).", 0.0, 0.95, 0.01),
+        Param("mu_f", 0.9, "softmax rule: class prototypes need p(class|centre) > mu_f.", 0.0, 1.0, 0.01),
+        Param("mu_b", 0.9, "softmax rule: context prototypes need p(class|centre) < mu_b.", 0.0, 1.0, 0.01),
+        Param("mu_low", 0.05, "Context prototypes need p(class|centre) > mu_low.", 0.0, 1.0, 0.01),
+        Param("rule", "auto", "softmax: the paper's thresholds mu_f, mu_b, mu_low. rank: class prototypes "
+              "rank the class within their top N classes, the other context centres are context (for "
+              "1000-class heads, whose softmax spreads over near-synonyms). auto: softmax for heads of "
+              "<= 100 classes, rank otherwise.", choices=("auto", "softmax", "rank")),
+        Param("rank", 5, "rank rule: how many top classes of a centre count as the class.", 1, 100, 1),
+        Param("use_bias", False, "Add the classifier bias when scoring centres (the paper's head has none)."),
+        Param("multiscale", False, "Average scales 1, 0.5, 1.5, 2 with mirror images, as the official code "
+              "(4 x 2 extra forward passes)."),
+    ),
+    reference="Chen et al., CVPR 2023",
+))

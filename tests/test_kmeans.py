@@ -1,0 +1,70 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cam_core.kmeans import KMeansError, kmeans
+
+
+def _planted(n_per=200, dim=16, k=4, spread=0.05, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(k, dim, generator=gen), dim=1) * 5
+    pts = torch.cat([c + spread * torch.randn(n_per, dim, generator=gen) for c in centres])
+    truth = torch.arange(k).repeat_interleave(n_per)
+    return pts, truth, centres
+
+
+def _same_partition(a, b) -> bool:
+    """Labels equal up to a renaming of the clusters."""
+    mapping = {}
+    for x, y in zip(a.tolist(), b.tolist()):
+        if mapping.setdefault(x, y) != y:
+            return False
+    return len(set(mapping.values())) == len(mapping)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_recovers_planted_clusters(metric):
+    pts, truth, centres = _planted()
+    res = kmeans(pts, 4, metric, seed=1)
+    assert _same_partition(res.labels, truth)
+    # centres are the plain means of their members, close to the planted ones
+    for j in range(4):
+        members = pts[res.labels == j]
+        assert torch.allclose(res.centers[j], members.mean(0), atol=1e-5)
+    dist = torch.cdist(res.centers, centres).min(dim=1).values
+    assert dist.max() < 0.05
+
+
+def test_cosine_and_euclidean_agree_on_normalised_data():
+    pts, truth, _ = _planted(spread=0.3)
+    unit = F.normalize(pts, dim=1)
+    a = kmeans(unit, 4, "cosine", seed=3)
+    b = kmeans(unit, 4, "euclidean", seed=3)
+    assert _same_partition(a.labels, b.labels)
+
+
+def test_cosine_ignores_scale():
+    pts, truth, _ = _planted()
+    scaled = pts * torch.rand(len(pts), 1).add(0.5) * 10  # each point stretched along its own ray
+    assert _same_partition(kmeans(scaled, 4, "cosine", seed=0).labels, truth)
+
+
+def test_empty_clusters_are_reseeded():
+    # 3 distinct points, many duplicates: K=3 must give 3 non-empty clusters
+    pts = torch.tensor([[1.0, 0.0]] * 50 + [[0.0, 1.0]] * 50 + [[1.0, 1.0]])
+    res = kmeans(pts, 3, "euclidean", seed=0)
+    assert torch.bincount(res.labels, minlength=3).min() >= 1
+    assert res.inertia == pytest.approx(0.0, abs=1e-6)
+
+
+def test_k_larger_than_points_is_a_clear_error():
+    with pytest.raises(KMeansError, match=r"K = 10 is larger than the number of points \(4\)"):
+        kmeans(torch.randn(4, 3), 10)
+    with pytest.raises(KMeansError, match="at least 1"):
+        kmeans(torch.randn(4, 3), 0)
+
+
+def test_seeded_and_deterministic():
+    pts, _, _ = _planted(spread=0.8)
+    a, b = kmeans(pts, 5, seed=7), kmeans(pts, 5, seed=7)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.centers, b.centers)
