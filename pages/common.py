@@ -13,7 +13,21 @@ import numpy as np
 import streamlit as st
 import torch
 
-from cam_core import BACKBONES, BackboneError, Explainer, ImageError, LoadedImage, load_backbone, load_image
+from cam_core import (
+    BACKBONES,
+    BackboneError,
+    BankError,
+    Explainer,
+    ImageError,
+    KMeansError,
+    LayerError,
+    LoadedImage,
+    MethodError,
+    Param,
+    TargetError,
+    load_backbone,
+    load_image,
+)
 from cam_core.backbones import available_devices, device_label
 from cam_core.images import MAX_PIXELS, resolve_under
 from cam_core.render import downscale_for_display
@@ -24,6 +38,8 @@ DEFAULT_SAMPLE = "cat.png"
 DEFAULT_BACKBONE = "efficientnet_lite0"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 HUB = "timm hub model (online)…"
+# What a computation may raise because of what the user chose: shown as a message in place.
+USER_ERRORS = (MethodError, LayerError, TargetError, BankError, KMeansError)
 CHECKPOINT = "local checkpoint…"
 EXTRA_BACKBONES = ["random:resnet18", "random:deit_tiny_patch16_224"]
 
@@ -179,3 +195,17 @@ def sidebar() -> Selection:
     selection = Selection(image=image, explainer=explainer, device=str(explainer.backbone.device))
     st.session_state["selection"] = selection  # lets page tests read the live Explainer's stats
     return selection
+
+
+def param_input(p: Param, label: str, key: str, slider: bool = False, container=None):
+    """The widget for one declared method parameter: choices -> selectbox, bool -> toggle,
+    numbers -> slider or number input within the declared range."""
+    ui = container or st
+    if p.choices:
+        return ui.selectbox(label, p.choices, index=p.choices.index(p.default), key=key, help=p.help)
+    if isinstance(p.default, bool):
+        return ui.toggle(label, value=p.default, key=key, help=p.help)
+    if slider and p.min is not None and p.max is not None:
+        kind = type(p.default)
+        return ui.slider(label, kind(p.min), kind(p.max), p.default, kind(p.step or 1), key=key, help=p.help)
+    return ui.number_input(label, min_value=p.min, max_value=p.max, value=p.default, step=p.step, key=key, help=p.help)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cam_core import Cancelled, LayerError, MethodError, TargetError, search_classes
+from cam_core import Cancelled, LayerError, search_classes
 from cam_core.render import (
     COLORMAPS,
     NORMALISATIONS,
@@ -16,7 +16,7 @@ from cam_core.render import (
     render_tile,
     to_image_map,
 )
-from pages.common import sidebar
+from pages.common import USER_ERRORS, param_input, sidebar
 
 DEFAULT_METHODS = ["cam", "gradcam", "gradcampp", "layercam", "eigencam"]
 NORM_HELP = "minmax: (m - min)/(max - min), as Grad-CAM libraries and TS-CAM. max: m/max, as LPCAM and SIPE."
@@ -84,10 +84,8 @@ with st.expander("Layer and method parameters"):
     params: dict[str, dict] = {}
     for name in chosen:
         for p in specs[name].params:
-            params.setdefault(name, {})[p.name] = st.number_input(
-                f"{specs[name].label}: {p.name}", min_value=p.min, max_value=p.max, value=p.default,
-                step=p.step, help=p.help, key=f"param_{name}_{p.name}",
-            )
+            params.setdefault(name, {})[p.name] = param_input(p, f"{specs[name].label}: {p.name}",
+                                                              key=f"param_{name}_{p.name}")
     for name in chosen:
         st.caption(f"**{specs[name].label}** — {specs[name].description} ({specs[name].reference})")
 
@@ -115,7 +113,7 @@ for t in targets:
             continue
         try:
             results[(t, m)] = ex.compute(image, m, t, layer, params.get(m))
-        except (MethodError, LayerError, TargetError) as exc:
+        except USER_ERRORS as exc:
             errors[(t, m)] = str(exc)
 
 left.image(display_rgb, caption=f"{image.name} ({image.size[1]}×{image.size[0]}) → {bb.input_size[1]}×{bb.input_size[0]}")
@@ -136,7 +134,8 @@ def fill_tile(cell, m: str, t: int) -> None:
         if show_raw:
             st.image(colorize(m01, cmap), width="stretch", caption="raw map")
         flags = " · approximate" if res.approximate else ""
-        st.caption(f"{res.target_name} · {res.ms:.1f} ms · {tuple(res.map.shape)}{flags}")
+        st.caption(f"{res.target_name} · {res.ms:.1f} ms · {tuple(res.map.shape)}{flags}",
+                   help=res.note or None)
         sheet_tiles.append((f"{specs[m].label} | {res.target_name}", tile))
         b1, b2 = st.columns(2)
         stem = f"{image.stem}_{m}_{t}"
@@ -189,7 +188,7 @@ for (t, m), cell in cells.items():
 
     try:
         results[(t, m)] = ex.compute(image, m, t, layer, params.get(m), progress=progress)
-    except (MethodError, LayerError, TargetError, Cancelled) as exc:
+    except (*USER_ERRORS, Cancelled) as exc:
         errors[(t, m)] = str(exc)
     bar.empty()
     stop.empty()

@@ -68,3 +68,12 @@ def test_seeded_and_deterministic():
     pts, _, _ = _planted(spread=0.8)
     a, b = kmeans(pts, 5, seed=7), kmeans(pts, 5, seed=7)
     assert torch.equal(a.labels, b.labels) and torch.equal(a.centers, b.centers)
+
+
+def test_fit_cap_subsample_then_exact_means_of_all_points():
+    pts, truth, _ = _planted(n_per=3000, spread=0.2)
+    res = kmeans(pts, 4, "cosine", seed=2, fit_cap=500)
+    assert res.fitted_on == 500 and len(res.labels) == len(pts)
+    assert _same_partition(res.labels, truth)
+    for j in range(4):
+        assert torch.allclose(res.centers[j], pts[res.labels == j].mean(0), atol=1e-5)
