@@ -22,5 +22,6 @@ st.set_page_config(page_title="CAM Explorer", page_icon="🔥", layout="wide")
 
 page = st.navigation([
     st.Page("pages/compare.py", title="Compare", icon="🔥", default=True),
+    st.Page("pages/feature_space.py", title="Feature space", icon="🧭"),
 ])
 page.run()

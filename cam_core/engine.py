@@ -146,7 +146,7 @@ class MethodContext:
     fwd: ForwardPass
     progress: Callable[[int, int], None] | None = None
     cancel: Callable[[], bool] | None = None
-    explainer: Explainer | None = None
+    bank: object | None = None  # the LPCAM prototype bank in use, None = each image's own
 
     @property
     def backbone(self) -> Backbone:
@@ -191,10 +191,11 @@ class Explainer:
         self._maps: OrderedDict[tuple, CamResult] = OrderedDict()
         self._lock = threading.RLock()
         self.stats: Counter = Counter()  # forwards, gradients, method runs: lets tests prove caching
-        self.bank = None  # the active LPCAM prototype bank (cam_core.prototypes.PrototypeBank) or None
+        self.bank = None  # default LPCAM prototype bank (cam_core.prototypes.PrototypeBank) or None
 
     def set_bank(self, bank) -> None:
-        """Use this prototype bank for LPCAM (None: build one from each image itself)."""
+        """Default prototype bank for LPCAM (None: build one from each image itself). The app,
+        whose Explainer is shared by sessions, passes its bank per call instead."""
         if bank is not None:
             bank.check_fits(self.backbone)
         with self._lock:
@@ -290,6 +291,7 @@ class Explainer:
         params: dict | None = None,
         progress: Callable[[int, int], None] | None = None,
         cancel: Callable[[], bool] | None = None,
+        bank=None,
     ) -> CamResult:
         spec = get_method(method)
         if self.backbone.kind not in spec.kinds:
@@ -301,7 +303,11 @@ class Explainer:
             target = int(fwd.probs.argmax())
         target = resolve_targets(int(target), fwd.probs, self.backbone)[0]
         key_target = target if spec.class_specific else None
-        bank_key = (self.bank.key if self.bank is not None else "image") if NEEDS_BANK in spec.needs else None
+        if bank is None:
+            bank = self.bank
+        elif NEEDS_BANK in spec.needs:
+            bank.check_fits(self.backbone)
+        bank_key = (bank.key if bank is not None else "image") if NEEDS_BANK in spec.needs else None
         key = (image.sha256, layer, method, key_target, tuple(sorted(resolved.items())), bank_key)
         # The whole computation holds the lock: the model is shared between sessions and a
         # layer tap installed by one thread's forward would fire in another's.
@@ -309,7 +315,7 @@ class Explainer:
             if key in self._maps:
                 self._maps.move_to_end(key)
                 return self._maps[key]
-            ctx = MethodContext(fwd, progress=progress, cancel=cancel, explainer=self)
+            ctx = MethodContext(fwd, progress=progress, cancel=cancel, bank=bank)
             if NEEDS_GRADIENT in spec.needs:
                 fwd.gradient(target)  # shared by all gradient methods; reported once as gradient_ms
             t0 = time.perf_counter()
@@ -349,6 +355,7 @@ class Explainer:
         params: dict[str, dict] | None = None,
         progress: Callable[[str, int, int], None] | None = None,
         cancel: Callable[[], bool] | None = None,
+        bank=None,
     ) -> dict[int, dict[str, CamResult]]:
         """Maps for every (target, method): target as in resolve_targets (None = top-1,
         an index, a class-name query, or 'top3')."""
@@ -358,7 +365,7 @@ class Explainer:
             out[t] = {}
             for m in methods:
                 cb = (lambda done, total, m=m: progress(m, done, total)) if progress else None
-                out[t][m] = self.compute(image, m, t, layer, (params or {}).get(m), cb, cancel)
+                out[t][m] = self.compute(image, m, t, layer, (params or {}).get(m), cb, cancel, bank)
         return out
 
     def warm_up(self, methods: list[str] | None = None) -> None:

@@ -305,6 +305,24 @@ class PrototypeBank:
         return bank
 
 
+def saved_banks(folder: str | Path, backbone: str | None = None) -> list[tuple[Path, dict]]:
+    """The banks saved in a folder (headers only are read), newest first, optionally only
+    those built with `backbone`. Unreadable files are left out."""
+    from safetensors import safe_open
+
+    found = []
+    folder = Path(folder)
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("cam_explorer", "null"))
+        except Exception:
+            continue
+        if isinstance(meta, dict) and meta.get("format") == BANK_FORMAT and backbone in (None, meta.get("backbone")):
+            found.append((path, meta))
+    return sorted(found, key=lambda pm: pm[0].stat().st_mtime, reverse=True)
+
+
 # ----- building a bank from images -----------------------------------------------------------
 def image_bank(fwd, target: int, backbone: Backbone) -> PrototypeBank:
     """The bank of one image: its own pixels for its own CAM (LPCAM's source (a))."""

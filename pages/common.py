@@ -44,6 +44,11 @@ CHECKPOINT = "local checkpoint…"
 EXTRA_BACKBONES = ["random:resnet18", "random:deit_tiny_patch16_224"]
 
 
+def bank_dir() -> Path:
+    """Where the app saves and finds LPCAM banks: CAM_EXPLORER_BANK_DIR, else ./banks."""
+    return Path(os.environ.get("CAM_EXPLORER_BANK_DIR", ROOT / "banks"))
+
+
 def allowed_image_dirs() -> list[Path]:
     """Folders a typed path may point into: the samples, plus CAM_EXPLORER_IMAGE_DIRS (':'-separated)."""
     extra = [Path(p) for p in os.environ.get("CAM_EXPLORER_IMAGE_DIRS", "").split(os.pathsep) if p]
@@ -113,7 +118,7 @@ def _image_sidebar() -> LoadedImage | None:
         if source == "Sample":
             names = sample_names()
             if st.session_state.get("sample") not in names:
-                st.session_state["sample"] = DEFAULT_SAMPLE
+                st.session_state["sample"] = DEFAULT_SAMPLE if DEFAULT_SAMPLE in names else names[0]
             name = st.selectbox("Sample image", names, key="sample")
             if st.button("Browse samples", width="stretch"):
                 _browse_samples(names)
@@ -145,9 +150,9 @@ def _backbone_sidebar(device: str) -> Explainer | None:
     kwargs: dict = {}
     name = choice
     if choice == HUB:
-        name = st.text_input("timm model name (downloads weights)", "resnet50", key="hub_name")
+        name = st.text_input("timm model name (downloads weights)", key="hub_name")
     elif choice == CHECKPOINT:
-        name = st.text_input("timm architecture", "resnet18", key="ckpt_arch")
+        name = st.text_input("timm architecture", key="ckpt_arch")
         ckpt = st.text_input("Checkpoint (.safetensors or .pth) under the allowed folders", key="ckpt_path")
         names = st.text_input("Class names file (optional, one per line)", key="ckpt_names")
         if not ckpt:
@@ -169,9 +174,36 @@ def _backbone_sidebar(device: str) -> Explainer | None:
     return explainer
 
 
+SIDEBAR_DEFAULTS = {"image_source": "Sample", "sample": DEFAULT_SAMPLE, "hub_name": "resnet50", "ckpt_arch": "resnet18"}
+SIDEBAR_KEYS = ("image_source", "sample", "image_path", "device", "backbone_choice", "hub_name", "ckpt_arch",
+                "ckpt_path", "ckpt_names")
+
+
+def _leave_old_multipage_mode() -> None:
+    """Until app.py has called st.navigation once in this server process, Streamlit treats a
+    pages/ folder the old way: a first URL like /feature_space runs that file directly, with
+    every file of pages/ in the menu. Switch that mode off and rerun through app.py (this
+    touches a Streamlit internal; if it is gone, nothing happens)."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:
+        return
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def sidebar() -> Selection:
     """The shared sidebar: image, backbone, device. Keeps the last good image/backbone when
     a new choice fails, so an error never blanks the app."""
+    _leave_old_multipage_mode()
+    for key, value in SIDEBAR_DEFAULTS.items():
+        st.session_state.setdefault(key, value)
+    for key in SIDEBAR_KEYS:
+        # Re-assigning keeps a widget's value when another page draws the same widget:
+        # otherwise Streamlit drops the state of widgets the previous page's run owned.
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
     with st.sidebar:
         st.header("Input")
         image = _image_sidebar()

@@ -16,10 +16,10 @@ def lpcam(ctx, target: int, k: int = 12, tau: float = 0.1, mu_f: float = 0.9, mu
     from ..prototypes import lpcam_map
 
     bb = ctx.backbone
-    bank = ctx.explainer.bank if ctx.explainer is not None else None
+    bank = ctx.bank
     if bank is None or target not in bank.classes:
+        source = "this image" if bank is None else f"this image ({bank.name} has no class {target})"
         bank = ctx.fwd.image_bank(target)
-        source = "this image"
     else:
         source = bank.name
     sel = bank.select(bb, target, k, tau, mu_f, mu_b, mu_low, rule, rank, use_bias)
