@@ -151,12 +151,14 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
     try:
         backbone = load_backbone(args.backbone, args.device)
         explainer = Explainer(backbone)
-        items = folder_items(args.folder, backbone.class_names)
+        scan = folder_items(args.folder, backbone.class_names)
+        for line in scan.ignored:
+            _fail(f"ignored {line}")
 
         def progress(done, total):
             print(f"\r{done}/{total} images", end="" if done < total else "\n", file=sys.stderr)
 
-        report = build_bank(explainer, items, name=args.name or Path(args.folder).name,
+        report = build_bank(explainer, scan.items, name=args.name or Path(args.folder).name,
                             max_per_class=args.max_per_class, progress=progress if sys.stderr.isatty() else None)
         for line in report.skipped:
             _fail(f"skipped {line}")

@@ -29,10 +29,11 @@ BANK_FORMAT = 1
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 SELECTION_RULES = ("auto", "softmax", "rank")
 # K-means iterates on at most this many points per set, until < 0.5% of them change cluster,
-# then assigns every point once (exact member means). Measured on 20,000 real Lite0 features
-# split 12k/8k, K = 12: 0.3% lower inertia than Lloyd to convergence on all points, ~5x faster;
-# what keeps a K change on such a class near 200 ms on the 2-core CPU (bench/bench_live.py).
-KMEANS_FIT_CAP = 2048
+# then assigns every point once (exact member means). On 20,000 real Lite0 features (K = 12)
+# the final inertia is within the spread between seeds of full Lloyd runs (+-2%) for caps of
+# 1,024 to 3,072, while a K change drops from ~2 s to ~150 ms on the 2-core CPU
+# (bench/bench_live.py).
+KMEANS_FIT_CAP = 1536
 KMEANS_TOL = 0.005
 KMEANS_MAX_ITER = 30
 AUTO_SOFTMAX_MAX_CLASSES = 100  # VOC (20) and COCO (80) heads: the paper's rule; ImageNet (1000): rank
@@ -345,37 +346,45 @@ class FolderItem:
     target: int | None  # None: labelled by the model's top-1 when the bank is built
 
 
-def folder_items(folder: str | Path, class_names: list[str]) -> list[FolderItem]:
+@dataclass
+class FolderScan:
+    items: list[FolderItem]
+    ignored: list[str] = field(default_factory=list)  # subfolders left out, with the reason
+
+
+def folder_items(folder: str | Path, class_names: list[str]) -> FolderScan:
     """ImageFolder layout (class = subfolder, matched to a class name, a synonym, or an index
-    like '281' or '281_tabby') or a flat folder of images (labelled later by the top-1)."""
+    like '281' or '281_tabby') and/or loose images (labelled later by the model's top-1). In a
+    pure ImageFolder layout a subfolder matching no class is an error (a typo, most likely);
+    beside loose images such subfolders (e.g. masks/) are left out and listed."""
     folder = Path(folder)
     if not folder.is_dir():
         raise BankError(f"{folder} is not a folder")
     subdirs = sorted(d for d in folder.iterdir() if d.is_dir())
-    flat = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    items: list[FolderItem] = []
-    if subdirs:
-        lookup = {}
-        for i, name in enumerate(class_names):
-            for syn in name.split(","):
-                lookup.setdefault(syn.strip().lower().replace(" ", "_"), i)
-        unknown = []
-        for d in subdirs:
-            key = d.name.lower().replace(" ", "_")
-            head = key.split("_", 1)[0]
-            idx = lookup.get(key)
-            if idx is None and head.isdigit() and int(head) < len(class_names):
-                idx = int(head)
-            if idx is None:
-                unknown.append(d.name)
-                continue
-            items += [FolderItem(p, idx) for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-        if unknown:
-            raise BankError(f"subfolders that match no class name or index: {', '.join(unknown[:5])}")
-    items += [FolderItem(p, None) for p in flat]
-    if not items:
+    loose = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    scan = FolderScan([])
+    lookup: dict[str, int] = {}
+    for i, name in enumerate(class_names):
+        for syn in name.split(","):
+            lookup.setdefault(syn.strip().lower().replace(" ", "_"), i)
+    unknown = []
+    for d in subdirs:
+        key = d.name.lower().replace(" ", "_")
+        head = key.split("_", 1)[0]
+        idx = lookup.get(key)
+        if idx is None and head.isdigit() and int(head) < len(class_names):
+            idx = int(head)
+        if idx is None:
+            unknown.append(d.name)
+            continue
+        scan.items += [FolderItem(p, idx) for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if unknown and not loose:
+        raise BankError(f"subfolders that match no class name or index: {', '.join(unknown[:5])}")
+    scan.ignored = [f"{name}/: not a class name or index" for name in unknown]
+    scan.items += [FolderItem(p, None) for p in loose]
+    if not scan.items:
         raise BankError(f"{folder} holds no images")
-    return items
+    return scan
 
 
 @dataclass

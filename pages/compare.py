@@ -103,6 +103,10 @@ if not chosen:
     st.info("Choose one or more methods above.")
     st.stop()
 
+bank = st.session_state.get("lpcam_bank")  # chosen on the Feature space page
+if bank is not None and bank.backbone != bb.name:
+    bank = None
+
 # ----- compute every fast map BEFORE sending any image: on a 2-core machine the server thread
 # and the browser, busy with freshly sent images, slowed the forward pass ~10x (measured).
 results: dict[tuple[int, str], object] = {}
@@ -112,7 +116,7 @@ for t in targets:
         if specs[m].slow:
             continue
         try:
-            results[(t, m)] = ex.compute(image, m, t, layer, params.get(m))
+            results[(t, m)] = ex.compute(image, m, t, layer, params.get(m), bank=bank)
         except USER_ERRORS as exc:
             errors[(t, m)] = str(exc)
 
@@ -187,7 +191,7 @@ for (t, m), cell in cells.items():
         bar.progress(done / total, text=f"{done}/{total} channels scored")
 
     try:
-        results[(t, m)] = ex.compute(image, m, t, layer, params.get(m), progress=progress)
+        results[(t, m)] = ex.compute(image, m, t, layer, params.get(m), progress=progress, bank=bank)
     except (*USER_ERRORS, Cancelled) as exc:
         errors[(t, m)] = str(exc)
     bar.empty()

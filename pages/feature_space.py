@@ -79,26 +79,36 @@ def bank_panel() -> PrototypeBank | None:
     saved = {p.name: p for p, _ in saved_banks(bank_dir(), bb.name)}
     options = [THIS_IMAGE, *saved, BUILD]
     last = json.loads(_last_bank_file().read_text() or "{}").get(bb.name) if _last_bank_file().exists() else None
+    widget_key = f"fs_bank_{bb.name}"
+    pending = st.session_state.pop("fs_bank_pending", None)
+    if pending in options:  # a bank just built: select it (before the widget exists in this run)
+        st.session_state[widget_key] = pending
+    if st.session_state.get(widget_key) not in options:  # first visit (or the file is gone)
+        st.session_state[widget_key] = last if last in options else THIS_IMAGE
     with st.expander("Prototype bank: where LPCAM's class features come from", expanded=False):
-        choice = st.selectbox("Bank", options, index=options.index(last) if last in options else 0, key=f"fs_bank_{bb.name}",
+        for note in st.session_state.pop("fs_bank_notes", []):
+            st.warning(note)
+        choice = st.selectbox("Bank", options, key=widget_key,
                               help=f"Saved banks of {bb.name} in {bank_dir()}; they are there again on the next start.")
         if choice == BUILD:
             folder = st.text_input("Folder (ImageFolder layout: class = subfolder; or flat: labelled by the "
                                    "model's top-1), under " + ", ".join(str(d) for d in allowed_image_dirs()),
                                    str(allowed_image_dirs()[0]), key="fs_folder")
             name = st.text_input("Bank name", "samples", key="fs_bank_name")
-            if st.button("Build and save", key="fs_build"):
+            st.button("Build and save", key="fs_build", on_click=st.session_state.__setitem__,
+                      args=("fs_build_requested", True))
+            if st.session_state.pop("fs_build_requested", False):
                 try:
-                    items = folder_items(resolve_under(folder, allowed_image_dirs()), bb.class_names)
+                    scan = folder_items(resolve_under(folder, allowed_image_dirs()), bb.class_names)
                     bar = st.progress(0.0, text="reading images…")
                     st.button("Stop", key="fs_build_stop")  # clicking it interrupts this run
-                    report = build_bank(ex, items, name=name,
+                    report = build_bank(ex, scan.items, name=name,
                                         progress=lambda d, t: bar.progress(d / t, text=f"{d}/{t} images"))
                     path = report.bank.save(bank_dir() / f"{name}.safetensors")
-                    for line in report.skipped:
-                        st.warning(f"skipped {line}")
+                    st.session_state["fs_bank_notes"] = [f"skipped {line}" for line in report.skipped] + \
+                        [f"ignored {line}" for line in scan.ignored]
                     _remember_bank(path.name)
-                    st.success(f"saved {report.bank.describe()} to {path}")
+                    st.session_state["fs_bank_pending"] = path.name
                     st.rerun()
                 except (ImageError, BankError, Cancelled) as exc:
                     st.error(str(exc))
@@ -124,6 +134,7 @@ def bank_panel() -> PrototypeBank | None:
 
 
 bank = bank_panel()
+st.session_state["lpcam_bank"] = bank  # the Compare page's LPCAM uses it too
 
 
 @st.cache_resource(show_spinner=False)

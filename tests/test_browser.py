@@ -68,6 +68,40 @@ def browser():
         b.close()
 
 
+def _runs(page):
+    """(page runs, fragment runs) from the page's Diagnostics caption."""
+    caption = page.get_by_text(re.compile(r"page runs: \d+ · fragment runs: \d+")).last
+    caption.wait_for(state="visible", timeout=30_000)
+    found = re.search(r"page runs: (\d+) · fragment runs: (\d+)", caption.inner_text())
+    return int(found.group(1)), int(found.group(2))
+
+
+def test_feature_space_slider_reruns_only_the_fragment(served_app, browser):
+    """Opened by its own URL on a fresh server (Streamlit's old pages/ mode must not take over),
+    then K is moved with the keyboard: the fragment reruns, the page does not."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1500, "height": 1800})
+    page.goto(served_app + "/feature_space")
+    page.get_by_text("Pixels, class centres and prototypes").first.wait_for(timeout=180_000)
+    nav = page.locator("[data-testid='stSidebarNav']")
+    expect(nav).to_contain_text("Compare")
+    expect(nav).not_to_contain_text("common")
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_text("Diagnostics").wait_for(timeout=120_000)  # the fragment's last element
+    main.get_by_text("Diagnostics").click()
+    page_runs, fragment_runs = _runs(page)
+    k = page.locator("input[aria-label='k']")
+    assert k.get_attribute("aria-valuetext") == "12"
+    k.focus()
+    page.keyboard.press("ArrowLeft")
+    expect(page.get_by_text(re.compile(rf"fragment runs: {fragment_runs + 1}\b"))).to_have_count(1, timeout=60_000)
+    assert _runs(page) == (page_runs, fragment_runs + 1)
+    assert page.locator("input[aria-label='k']").get_attribute("aria-valuetext") == "11"
+    expect(page.get_by_text(re.compile(r"/11 class and"))).to_have_count(1, timeout=30_000)
+    page.close()
+
+
 def test_served_app_shows_the_grid_and_retargets(served_app, browser):
     from playwright.sync_api import expect
 

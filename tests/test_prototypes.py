@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import SAMPLES, color_backbone
-from PIL import Image
 
 from cam_core import Cancelled, Explainer, from_array, load_image, normalize
 from cam_core.methods.sipe import iou_seeds
@@ -127,12 +126,18 @@ def _folder(tmp_path):
 
 
 def test_folder_layouts(tmp_path, lite0):
-    items = folder_items(_folder(tmp_path), lite0.class_names)
+    items = folder_items(_folder(tmp_path), lite0.class_names).items
     assert [(i.path.name, i.target) for i in items] == [("dog.jpg", 207), ("cat.png", 281)]
     flat = tmp_path / "flat"
     flat.mkdir()
     (flat / "a.jpg").write_bytes((SAMPLES / "robin.jpg").read_bytes())
-    assert [i.target for i in folder_items(flat, lite0.class_names)] == [None]
+    assert [i.target for i in folder_items(flat, lite0.class_names).items] == [None]
+    # beside loose images, a subfolder that is no class (masks/) is left out and reported
+    (flat / "masks").mkdir()
+    (flat / "masks" / "m.png").write_bytes((SAMPLES / "masks" / "plant_mask.png").read_bytes())
+    scan = folder_items(flat, lite0.class_names)
+    assert [i.path.name for i in scan.items] == ["a.jpg"] and scan.ignored == ["masks/: not a class name or index"]
+    # in a pure ImageFolder layout it is a typo: an error
     (tmp_path / "imgs" / "not_a_class_xyz").mkdir()
     with pytest.raises(BankError, match="not_a_class_xyz"):
         folder_items(tmp_path / "imgs", lite0.class_names)
@@ -140,9 +145,8 @@ def test_folder_layouts(tmp_path, lite0):
 
 def test_build_save_load_round_trip(tmp_path, lite0):
     ex = Explainer(lite0)
-    items = folder_items(_folder(tmp_path), lite0.class_names)
-    (tmp_path / "imgs" / "tabby" / "broken.png").write_bytes(b"\x89PNG garbage")
-    items = folder_items(tmp_path / "imgs", lite0.class_names)
+    (_folder(tmp_path) / "tabby" / "broken.png").write_bytes(b"\x89PNG garbage")
+    items = folder_items(tmp_path / "imgs", lite0.class_names).items
     seen = []
     report = build_bank(ex, items, name="pets", progress=lambda d, t: seen.append((d, t)))
     bank = report.bank
@@ -174,7 +178,7 @@ def test_bank_for_another_backbone_is_refused(tmp_path, lite0, resnet18):
 
 
 def test_build_can_be_cancelled(tmp_path, lite0):
-    items = folder_items(_folder(tmp_path), lite0.class_names)
+    items = folder_items(_folder(tmp_path), lite0.class_names).items
     with pytest.raises(Cancelled):
         build_bank(Explainer(lite0), items, cancel=lambda: True)
 

@@ -1,0 +1,94 @@
+"""AppTest of the Feature Space page. AppTest reruns the whole script even for a widget inside
+a fragment, so these tests prove the caching half of "a slider reruns only what depends on
+it" (no forward pass, no other method); the fragment half is checked in the real browser
+(tests/test_browser.py), where the page's own run counters are visible."""
+
+import pytest
+from helpers import ROOT
+from streamlit.testing.v1 import AppTest
+
+APP = str(ROOT / "app.py")
+
+
+@pytest.fixture
+def page():
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.run()
+    at.switch_page("pages/feature_space.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _stats(at):
+    return dict(at.session_state["selection"].explainer.stats)
+
+
+def _captions(at, start):
+    return [c.value for c in at.caption if c.value.startswith(start)]
+
+
+def test_page_shows_lpcam_sipe_and_the_embedding(page):
+    assert not page.error
+    assert {"LPCAM", "SIPE", "Pixels, class centres and prototypes"} <= {s.value for s in page.subheader}
+    assert _captions(page, "⏱ LPCAM map") and _captions(page, "⏱ SIPE") and _captions(page, "⏱ thresholding")
+    assert page.get("plotly_chart")
+
+
+@pytest.mark.parametrize("key,value", [("fs_lp_k", 6), ("fs_lp_tau", 0.3), ("fs_lp_rule", "softmax")])
+def test_lpcam_controls_recompute_lpcam_only(page, key, value):
+    before = _stats(page)
+    widget = page.selectbox(key=key) if key == "fs_lp_rule" else page.slider(key=key)
+    widget.set_value(value).run()
+    assert not page.exception and not page.error
+    after = _stats(page)
+    assert after["forwards"] == before["forwards"]
+    assert after["maps:lpcam"] == before["maps:lpcam"] + 1
+    for other in ("maps:cam", "maps:sipe", "maps:gradcam"):
+        assert after.get(other) == before.get(other), other
+
+
+def test_sipe_background_factor_recomputes_sipe_only(page):
+    before = _stats(page)
+    page.slider(key="fs_sipe_bg_factor").set_value(1.0).run()
+    after = _stats(page)
+    assert after["maps:sipe"] == before["maps:sipe"] + 1
+    assert after["maps:lpcam"] == before["maps:lpcam"] and after["forwards"] == before["forwards"]
+
+
+def test_display_and_colour_controls_recompute_nothing(page):
+    before = _stats(page)
+    page.slider(key="fs_threshold").set_value(0.4).run()
+    page.selectbox(key="fs_colour").set_value("SIPE seed").run()
+    page.selectbox(key="fs_colour").set_value("K-means cluster (LPCAM)").run()
+    assert _stats(page) == before and not page.exception
+
+
+def test_k_larger_than_the_pixels_is_a_message(page):
+    page.slider(key="fs_lp_tau").set_value(0.9).run()
+    page.slider(key="fs_lp_k").set_value(40).run()
+    assert any("is larger than the" in e.value for e in page.error)
+    assert not page.exception
+    assert _captions(page, "⏱ SIPE")  # the rest of the page still works
+
+
+@pytest.mark.slow
+def test_build_a_bank_from_a_folder_and_find_it_on_the_next_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAM_EXPLORER_BANK_DIR", str(tmp_path / "banks"))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    at.switch_page("pages/feature_space.py").run()
+    at.selectbox(key="fs_bank_efficientnet_lite0").set_value("build from a folder…").run()
+    at.text_input(key="fs_bank_name").set_value("samples").run()
+    at.button(key="fs_build").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    saved = tmp_path / "banks" / "samples.safetensors"
+    assert saved.exists()
+    assert at.selectbox(key="fs_bank_efficientnet_lite0").value == "samples.safetensors"
+    assert any("bank: samples" in c for c in _captions(at, "⏱ LPCAM map"))
+    assert any("ignored masks/" in w.value for w in at.warning)
+    # the next start: a new session finds the bank selected again
+    again = AppTest.from_file(APP, default_timeout=300)
+    again.run()
+    again.switch_page("pages/feature_space.py").run()
+    assert again.selectbox(key="fs_bank_efficientnet_lite0").value == "samples.safetensors"
+    assert any("bank: samples" in c for c in _captions(again, "⏱ LPCAM map"))
