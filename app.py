@@ -21,7 +21,7 @@ import streamlit as st  # noqa: E402
 st.set_page_config(page_title="CAM Explorer", page_icon="🔥", layout="wide")
 
 page = st.navigation([
-    st.Page("pages/compare.py", title="Compare", icon="🔥", default=True),
-    st.Page("pages/feature_space.py", title="Feature space", icon="🧭"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/grid_view:", default=True),
+    st.Page("pages/feature_space.py", title="Feature space", icon=":material/scatter_plot:"),
 ])
 page.run()

@@ -236,13 +236,13 @@ def tuning() -> None:
     values, categorical = _pixel_colours(colour_by, cloud, fwd, lp, sp, target, (h, w))
 
     # 3. output
-    threshold_caption.caption(f"⏱ thresholding and drawing the tiles: {render_ms:.1f} ms")
+    threshold_caption.caption(f"Threshold: drawing the tiles took {render_ms:.1f} ms")
     with lp_out:
         if lp is None:
             st.error(lp_err)
         else:
             sel_ = lp.extras["selection"]
-            st.caption(f"⏱ LPCAM map: {lp.ms:.0f} ms to compute (K-means of it: {sel_.kmeans_ms:.0f} ms, only "
+            st.caption(f"LPCAM: {lp.ms:.0f} ms to compute (K-means of it: {sel_.kmeans_ms:.0f} ms, only "
                        f"when K or tau change); this run {lp_ms:.0f} ms · {sel_.n_fg} foreground / {sel_.n_bg} "
                        f"context pixels · {lp.note}")
             c1, c2 = st.columns(2)
@@ -257,7 +257,7 @@ def tuning() -> None:
             seeds = sp.extras["seeds"].cpu().numpy()
             names = ["background"] + [bb.short_name(c) for c in sp.extras["labels"][1:]]
             share = ", ".join(f"{n}: {(seeds == j).mean():.0%}" for j, n in enumerate(names))
-            st.caption(f"⏱ SIPE: {sp.ms:.0f} ms to compute; this run {sp_ms:.0f} ms · seeds {share}")
+            st.caption(f"SIPE: {sp.ms:.0f} ms to compute; this run {sp_ms:.0f} ms · seeds {share}")
             c1, c2 = st.columns(2)
             c1.image(label_overlay(display, resize_nearest(seeds, size)), width="stretch",
                      caption="seeds (tinted: the image's classes; clear: background)")

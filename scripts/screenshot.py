@@ -20,6 +20,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "assets/screenshots/compare.png"))
+    ap.add_argument("--page", default="", help="URL path of the page, e.g. feature_space")
+    ap.add_argument("--wait-for", default="Eigen-CAM", help="text that shows the page is ready")
     ap.add_argument("--width", type=int, default=1500)
     ap.add_argument("--height", type=int, default=1450)
     args = ap.parse_args()
@@ -41,10 +43,9 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=ARGS)
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
-            page.goto(f"http://127.0.0.1:{port}")
-            page.get_by_text("Eigen-CAM", exact=True).first.wait_for(timeout=180_000)
-            page.get_by_label("Threshold (0 = off)").first.wait_for()
-            page.wait_for_timeout(2500)
+            page.goto(f"http://127.0.0.1:{port}/{args.page}")
+            page.get_by_text(args.wait_for, exact=True).first.wait_for(timeout=180_000)
+            page.wait_for_timeout(4000)
             page.screenshot(path=args.out)
             browser.close()
     finally:
