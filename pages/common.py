@@ -39,7 +39,7 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 HUB = "timm hub model (online)…"
 # What a computation may raise because of what the user chose: shown as a message in place.
-USER_ERRORS = (MethodError, LayerError, TargetError, BankError, KMeansError)
+USER_ERRORS = (MethodError, LayerError, TargetError, BankError, KMeansError, BackboneError)
 CHECKPOINT = "local checkpoint…"
 EXTRA_BACKBONES = ["random:resnet18", "random:deit_tiny_patch16_224"]
 
@@ -237,6 +237,8 @@ def param_input(p: Param, label: str, key: str, slider: bool = False, container=
         return ui.selectbox(label, p.choices, index=p.choices.index(p.default), key=key, help=p.help)
     if isinstance(p.default, bool):
         return ui.toggle(label, value=p.default, key=key, help=p.help)
+    if isinstance(p.default, str):
+        return ui.text_input(label, value=p.default, key=key, help=p.help)
     if slider and p.min is not None and p.max is not None:
         kind = type(p.default)
         return ui.slider(label, kind(p.min), kind(p.max), p.default, kind(p.step or 1), key=key, help=p.help)

@@ -8,10 +8,9 @@ from .base import NEEDS_HEAD, MethodSpec, register
 
 
 def cam(ctx, target: int) -> torch.Tensor:
-    """Zhou et al. 2016: ReLU(sum_k w_c[k] F_k) on the features the classifier pools."""
-    feats = ctx.fwd.head_features  # C x h x w
-    weight = ctx.backbone.classifier.weight[target].to(feats.dtype)
-    return torch.relu(torch.einsum("c,chw->hw", weight, feats))
+    """Zhou et al. 2016: ReLU(sum_k w_c[k] F_k) on the features the classifier pools (with a
+    TS-CAM conv head: the head's own map of the class)."""
+    return torch.relu(ctx.backbone.class_maps(ctx.fwd.head_features, target))
 
 
 def eigencam(ctx, target: int) -> torch.Tensor:

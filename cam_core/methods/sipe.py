@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import NEEDS_HEAD, MethodSpec, Param, register
+from .base import NEEDS_HEAD, MethodError, MethodSpec, Param, register
 
 
 def hierarchical_features(stages: list[torch.Tensor]) -> torch.Tensor:
@@ -46,17 +46,29 @@ def seed_prototypes(features: torch.Tensor, seeds: torch.Tensor, n: int) -> torc
     return sums / counts[:, None]
 
 
-def sipe(ctx, target: int, bg_factor: float = 0.5, classes: int = 1):
+def _labels(fwd, target: int, classes: int, labels: str) -> list[int]:
+    """The image's classes, target first: given explicitly (e.g. ground truth), or the target
+    plus the next best predictions."""
+    if labels.strip():
+        try:
+            given = [int(v) for v in labels.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise MethodError(f"labels must be class ids separated by commas, got {labels!r}") from None
+        n = fwd.probs.numel()
+        if any(not 0 <= v < n for v in given):
+            raise MethodError(f"labels must be class ids in 0..{n - 1}, got {labels!r}")
+        return [target, *[v for v in dict.fromkeys(given) if v != target]]
+    others = [int(i) for i in fwd.probs.topk(min(classes + 1, fwd.probs.numel())).indices if int(i) != target]
+    return [target, *others[: classes - 1]]
+
+
+def sipe(ctx, target: int, bg_factor: float = 0.5, classes: int = 1, labels: str = ""):
     fwd, bb = ctx.fwd, ctx.backbone
     stages = [fwd.stages[name] for name in bb.stage_layers if name in fwd.stages]
     hie = hierarchical_features(stages)
     _, h, w = hie.shape
-    # The image's classes: the target plus the next best predictions if asked.
-    others = [int(i) for i in fwd.probs.topk(classes + 1).indices if int(i) != target][: classes - 1]
-    labels = [target, *others]
-    feats = fwd.head_features
-    weight = bb.classifier.weight[labels].to(feats)
-    cam = torch.relu(torch.einsum("kc,chw->khw", weight, feats))
+    labels = _labels(fwd, target, classes, labels)
+    cam = torch.relu(bb.class_maps(fwd.head_features, labels))
     cam = cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-5)
     bg = 1 - cam.max(dim=0, keepdim=True).values
     norm_cam = torch.cat([bg, cam])
@@ -85,6 +97,8 @@ register(MethodSpec(
         Param("bg_factor", 0.5, "The background's IoU is multiplied by this (0.5 in the official code).",
               0.0, 2.0, 0.05),
         Param("classes", 1, "How many top predictions count as the image's classes.", 1, 5, 1),
+        Param("labels", "", "The image's classes as comma-separated ids (e.g. its ground truth); "
+              "overrides `classes`."),
     ),
     reference="Chen et al., CVPR 2022",
 ))

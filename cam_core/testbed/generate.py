@@ -1,0 +1,262 @@
+"""A procedurally generated weakly-supervised segmentation set with exact masks, in PASCAL VOC
+layout, with the failure modes the CAM papers are about planted on purpose.
+
+* Partial activation: every object is a large BODY plus a small PART. The part alone tells
+  the class apart (each class has its own part shape and colour); the body's shape is shared
+  by a pair of classes and its colour is drawn from one palette for all. A classifier can
+  decide from the part, so its CAM lights the part and misses most of the body.
+* Context confounder: the "water" classes appear on the water texture most of the time (like
+  boats and fish), the others rarely, so the background carries class evidence.
+
+Written as JPEGImages, SegmentationClass (palette PNG, 0 = background, c + 1 = class c),
+SegmentationObject (instance ids), Annotations (VOC XML with boxes) and
+ImageSets/Segmentation/{train,val}.txt, plus two files of our own: SegmentationPart (0 =
+background, 1 = body, 2 = part) and testbed.json (classes and generation settings).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import cv2
+import numpy as np
+from PIL import Image
+
+BODIES = ("disc", "slab", "kite", "hex")
+PARTS = (  # (name, BGR-free RGB colour) — one per class, two per body
+    ("star", (250, 220, 40)), ("ring", (40, 230, 230)),
+    ("cross", (240, 40, 200)), ("tri", (255, 120, 20)),
+    ("bar", (30, 30, 30)), ("dots", (250, 250, 250)),
+    ("chev", (90, 240, 60)), ("square", (150, 60, 255)),
+)
+CLASSES = tuple(f"{BODIES[i // 2]}-{PARTS[i][0]}" for i in range(8))
+BODY_PALETTE = ((176, 122, 84), (128, 128, 136), (160, 150, 70), (120, 90, 140), (200, 170, 130), (90, 120, 110))
+TEXTURES = ("water", "grass", "sand", "bricks", "wood", "tiles")
+WATER_CLASSES = (0, 5)  # disc-star and kite-bar live on water
+WATER_PROB_WITH = 0.85
+WATER_PROB_WITHOUT = 0.05
+SIZE = 128
+
+
+@dataclass(frozen=True)
+class Instance:
+    cls: int
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2 inclusive, of body + part
+
+
+def voc_palette() -> list[int]:
+    """PASCAL VOC's colour map: index -> RGB, bits of the index spread over the channels."""
+    pal = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+# ----- drawing ---------------------------------------------------------------------------
+def texture(name: str, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    noise = rng.normal(0, 1, (size, size)).astype(np.float32)
+    noise = cv2.GaussianBlur(noise, (0, 0), 1.5)
+    if name == "water":
+        phase = rng.uniform(0, 2 * math.pi)
+        waves = np.sin(xx / 6.0 + np.sin(yy / 9.0 + phase) * 2.0)
+        base = np.stack([30 + 10 * waves, 90 + 25 * waves, 170 + 30 * waves], -1)
+    elif name == "grass":
+        base = np.stack([60 + 0 * xx, 140 + 0 * xx, 50 + 0 * xx], -1) + 25 * np.abs(noise)[..., None] * [0.3, 1, 0.3]
+    elif name == "sand":
+        base = np.stack([210 + 0 * xx, 190 + 0 * xx, 140 + 0 * xx], -1) + 12 * noise[..., None]
+    elif name == "bricks":
+        row = (yy // 12).astype(int)
+        mortar = ((yy % 12) < 2) | (((xx + 12 * (row % 2)) % 24) < 2)
+        base = np.where(mortar[..., None], [200, 200, 190], [160, 70, 50]).astype(np.float32) + 8 * noise[..., None]
+    elif name == "wood":
+        grain = np.sin(yy / 3.0 + 3 * noise)
+        base = np.stack([150 + 25 * grain, 100 + 18 * grain, 60 + 10 * grain], -1)
+    else:  # tiles
+        check = ((xx // 16 + yy // 16) % 2).astype(np.float32)
+        base = np.stack([90 + 120 * check, 90 + 120 * check, 100 + 120 * check], -1) + 6 * noise[..., None]
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def _body_polygon(kind: str, cx: float, cy: float, rx: float, ry: float, angle: float) -> np.ndarray:
+    if kind == "disc":
+        t = np.linspace(0, 2 * math.pi, 48, endpoint=False)
+        pts = np.stack([rx * np.cos(t), ry * np.sin(t)], -1)
+    elif kind == "slab":
+        pts = np.array([[-rx, -ry * 0.7], [rx, -ry * 0.7], [rx, ry * 0.7], [-rx, ry * 0.7]])
+    elif kind == "kite":
+        pts = np.array([[0, -ry], [rx * 0.8, -ry * 0.1], [0, ry], [-rx * 0.8, -ry * 0.1]])
+    else:  # hex
+        t = np.linspace(0, 2 * math.pi, 6, endpoint=False)
+        pts = np.stack([rx * np.cos(t), ry * np.sin(t)], -1)
+    c, s = math.cos(angle), math.sin(angle)
+    rot = pts @ np.array([[c, s], [-s, c]])
+    return np.round(rot + [cx, cy]).astype(np.int32)
+
+
+def _draw_part(mask: np.ndarray, kind: str, cx: int, cy: int, r: int) -> None:
+    """Draw the part's shape with value 1 into mask (uint8)."""
+    if kind == "star":
+        t = np.linspace(-math.pi / 2, 1.5 * math.pi, 10, endpoint=False)
+        rad = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
+        pts = np.stack([cx + rad * np.cos(t), cy + rad * np.sin(t)], -1).round().astype(np.int32)
+        cv2.fillPoly(mask, [pts], 1)
+    elif kind == "ring":
+        cv2.circle(mask, (cx, cy), r, 1, thickness=max(2, r // 2))
+    elif kind == "cross":
+        w = max(2, r // 2)
+        cv2.rectangle(mask, (cx - r, cy - w // 2), (cx + r, cy + w // 2), 1, -1)
+        cv2.rectangle(mask, (cx - w // 2, cy - r), (cx + w // 2, cy + r), 1, -1)
+    elif kind == "tri":
+        pts = np.array([[cx, cy - r], [cx + r, cy + r], [cx - r, cy + r]], np.int32)
+        cv2.fillPoly(mask, [pts], 1)
+    elif kind == "bar":
+        cv2.rectangle(mask, (cx - r, cy - r // 3), (cx + r, cy + r // 3), 1, -1)
+    elif kind == "dots":
+        for dx in (-r // 2 - 1, r // 2 + 1):
+            cv2.circle(mask, (cx + dx, cy), max(2, r // 2), 1, -1)
+    elif kind == "chev":
+        pts = np.array([[cx - r, cy - r // 2], [cx, cy + r // 2], [cx + r, cy - r // 2]], np.int32)
+        cv2.polylines(mask, [pts], False, 1, thickness=max(2, r // 2))
+    else:  # square
+        cv2.rectangle(mask, (cx - r + 1, cy - r + 1), (cx + r - 1, cy + r - 1), 1, -1)
+
+
+def draw_object(rng: np.random.Generator, cls: int, size: int = SIZE):
+    """Body and part masks (bool, size x size) and the body colour of one object of `cls`,
+    centred at a random place."""
+    body_kind = BODIES[cls // 2]
+    rx, ry = rng.uniform(16, 27), rng.uniform(14, 24)
+    cx, cy = rng.uniform(rx, size - rx), rng.uniform(ry, size - ry)
+    angle = rng.uniform(-0.5, 0.5)
+    body = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(body, [_body_polygon(body_kind, cx, cy, rx, ry, angle)], 1)
+    part = np.zeros((size, size), np.uint8)
+    # The part sits inside the body, off-centre, about 1/10 of the body's area.
+    pr = int(round(min(rx, ry) * rng.uniform(0.32, 0.4)))
+    ox, oy = rng.uniform(-0.35, 0.35) * rx, rng.uniform(-0.45, -0.2) * ry
+    _draw_part(part, PARTS[cls][0], int(round(cx + ox)), int(round(cy + oy)), max(3, pr))
+    part &= body
+    colour = BODY_PALETTE[rng.integers(len(BODY_PALETTE))]
+    return body.astype(bool) & ~part.astype(bool), part.astype(bool), colour
+
+
+# ----- one image -----------------------------------------------------------------------------
+def make_sample(rng: np.random.Generator, size: int = SIZE):
+    """(rgb, class mask, instance mask, part mask, instances, texture name)."""
+    n = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2]))
+    classes = [int(c) for c in rng.choice(len(CLASSES), n, replace=False)]
+    water = rng.random() < (WATER_PROB_WITH if any(c in WATER_CLASSES for c in classes) else WATER_PROB_WITHOUT)
+    tex = "water" if water else TEXTURES[1 + rng.integers(len(TEXTURES) - 1)]
+    rgb = texture(tex, rng, size).astype(np.float32)
+    cls_mask = np.zeros((size, size), np.uint8)
+    inst_mask = np.zeros((size, size), np.uint8)
+    part_mask = np.zeros((size, size), np.uint8)
+    instances: list[Instance] = []
+    for cls in classes:
+        for _ in range(20):  # place without covering more than 15% of what is already there
+            body, part, colour = draw_object(rng, cls, size)
+            obj = body | part
+            if (obj & (cls_mask > 0)).sum() <= 0.15 * obj.sum():
+                break
+        else:
+            continue
+        shade = 1.0 + 0.15 * rng.normal(0, 1, (size, size, 1)).astype(np.float32)
+        rgb = np.where(body[..., None], np.clip(np.array(colour, np.float32) * shade, 0, 255), rgb)
+        rgb = np.where(part[..., None], np.array(PARTS[cls][1], np.float32), rgb)
+        cls_mask[obj] = cls + 1
+        inst_mask[obj] = len(instances) + 1
+        part_mask[body] = 1
+        part_mask[part] = 2
+        instances.append(Instance(cls, (0, 0, 0, 0)))
+    # boxes from what stays visible of each instance (later objects may cover earlier ones)
+    final = []
+    for i, inst in enumerate(instances, start=1):
+        ys, xs = np.nonzero(inst_mask == i)
+        if len(xs) == 0:
+            continue
+        final.append(Instance(inst.cls, (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))))
+    return np.clip(rgb, 0, 255).astype(np.uint8), cls_mask, inst_mask, part_mask, final, tex
+
+
+def _annotation_xml(image_id: str, size: int, instances: list[Instance]) -> bytes:
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "testbed"
+    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
+    sz = ET.SubElement(root, "size")
+    for tag, val in (("width", size), ("height", size), ("depth", 3)):
+        ET.SubElement(sz, tag).text = str(val)
+    ET.SubElement(root, "segmented").text = "1"
+    for inst in instances:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = CLASSES[inst.cls]
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = "0"
+        bb = ET.SubElement(obj, "bndbox")
+        # VOC boxes are 1-based and inclusive
+        for tag, val in zip(("xmin", "ymin", "xmax", "ymax"), inst.box):
+            ET.SubElement(bb, tag).text = str(val + 1)
+    return ET.tostring(root, encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class TestbedInfo:
+    root: str
+    n: int
+    seed: int
+    train: int
+    val: int
+
+
+def generate(out: str | Path, n: int = 1200, seed: int = 0, val_fraction: float = 0.2, size: int = SIZE,
+             progress=None) -> TestbedInfo:
+    """Write n images (deterministic for the seed) in VOC layout under `out`."""
+    out = Path(out)
+    dirs = {k: out / k for k in ("JPEGImages", "SegmentationClass", "SegmentationObject", "SegmentationPart",
+                                 "Annotations", "ImageSets/Segmentation")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    palette = voc_palette()
+    rng = np.random.default_rng(seed)
+    ids = []
+    for i in range(n):
+        image_id = f"tb_{seed:04d}_{i:05d}"
+        rgb, cls_mask, inst_mask, part_mask, instances, tex = make_sample(rng, size)
+        Image.fromarray(rgb).save(dirs["JPEGImages"] / f"{image_id}.jpg", quality=95)
+        for arr, key in ((cls_mask, "SegmentationClass"), (inst_mask, "SegmentationObject"),
+                         (part_mask, "SegmentationPart")):
+            img = Image.fromarray(arr, mode="P")
+            img.putpalette(palette)
+            img.save(dirs[key] / f"{image_id}.png")
+        (dirs["Annotations"] / f"{image_id}.xml").write_bytes(_annotation_xml(image_id, size, instances))
+        ids.append(image_id)
+        if progress is not None:
+            progress(i + 1, n)
+    order = np.random.default_rng(seed + 1).permutation(n)
+    n_val = int(round(n * val_fraction))
+    val = sorted(ids[j] for j in order[:n_val])
+    train = sorted(ids[j] for j in order[n_val:])
+    (dirs["ImageSets/Segmentation"] / "train.txt").write_text("\n".join(train) + "\n")
+    (dirs["ImageSets/Segmentation"] / "val.txt").write_text("\n".join(val) + "\n")
+    (out / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+    info = TestbedInfo(str(out), n, seed, len(train), len(val))
+    meta = {"generator": "cam_core.testbed", "info": asdict(info), "classes": list(CLASSES),
+            "bodies": {c: BODIES[i // 2] for i, c in enumerate(CLASSES)},
+            "parts": {c: PARTS[i][0] for i, c in enumerate(CLASSES)},
+            "water_classes": [CLASSES[i] for i in WATER_CLASSES],
+            "water_probability": {"with_water_class": WATER_PROB_WITH, "otherwise": WATER_PROB_WITHOUT},
+            "size": size}
+    (out / "testbed.json").write_text(json.dumps(meta, indent=2))
+    return info
