@@ -5,11 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from helpers import pearson  # noqa: F401
 from PIL import Image
 
-from cam_core import Explainer, load_backbone, load_image
+from cam_core import Explainer
 from cam_core.cli import main
 from cam_core.evaluate import THRESHOLDS, box_iou, confusion, iou_from_confusion, seed_labels
 from cam_core.testbed.generate import CLASSES, WATER_CLASSES, generate, voc_palette
@@ -164,8 +162,6 @@ def test_two_step_training_smoke_run_and_the_model_loads(testbed, tmp_path):
 
 
 def test_evaluate_cli_on_a_tiny_testbed(testbed, tmp_path, capsys):
-    from cam_core.backbones import load_testbed  # noqa: F401
-
     model = tmp_path / "m"
     assert main(["testbed", "train", "--arch", "cnn", "--data", str(testbed), "--out", str(model),
                  "--max-steps", "3", "--epochs", "1", "--device", "cpu"]) == 0
