@@ -48,6 +48,8 @@ class Backbone:
     # ViTs: the modules whose output is each block's softmax attention (B x heads x N x N);
     # kept by the forward pass for TS-CAM and rollout (fused attention is switched off).
     attention_layers: tuple[str, ...] = ()
+    # ViTs built for one input size (timm's strict patch embedding): no multi-scale features.
+    fixed_input_size: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _layer_shapes: dict[str, tuple[int, ...]] | None = field(default=None, repr=False)
 
@@ -297,6 +299,8 @@ def wrap_timm(
         source=source,
         default_layer=default_layer,
         cam_exact=cam_exact,
+        fixed_input_size=kind == "vit" and bool(getattr(getattr(model, "patch_embed", None), "strict_img_size", False))
+        and not getattr(model, "dynamic_img_size", False),
     )
 
 

@@ -107,6 +107,10 @@ class ForwardPass:
         """Head-input features (C x h x w) of the input resized by `scale` (and mirrored,
         then mirrored back, if `flip`): the multi-scale inputs of LPCAM. Cached."""
         key = (round(scale, 4), flip)
+        if scale != 1.0 and self.backbone.fixed_input_size:
+            h, w = self.backbone.input_size
+            raise MethodError(f"{self.backbone.name} takes {h} x {w} inputs only: no features at scale {scale:g} "
+                              "(multi-scale needs a CNN or a ViT built with dynamic_img_size)")
         if key not in self._scaled:
             x = self.input
             if scale != 1.0:

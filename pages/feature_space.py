@@ -192,9 +192,13 @@ def tuning() -> None:
     method = e1.radio("Embedding", ["pca", "tsne"], horizontal=True, key="fs_embed",
                       format_func={"pca": "PCA (instant)", "tsne": "t-SNE"}.get)
     perplexity = e1.slider("Perplexity", 5, 50, 30, key="fs_perplexity", disabled=method != "tsne")
-    scale = e2.select_slider("Image at", [1.0, 2.0, 3.0, 4.0], 2.0, key="fs_scale",
-                             format_func=lambda s: f"{s:g}× ({int(bb.input_size[0] * s)} px)",
-                             help="A larger copy of the image gives more pixel points (the feature grid grows).")
+    if bb.fixed_input_size:
+        scale = 1.0
+        e2.caption(f"Image at 1× only: {bb.name} takes {bb.input_size[0]} px inputs.")
+    else:
+        scale = e2.select_slider("Image at", [1.0, 2.0, 3.0, 4.0], 2.0, key="fs_scale",
+                                 format_func=lambda s: f"{s:g}× ({int(bb.input_size[0] * s)} px)",
+                                 help="A larger copy of the image gives more pixel points (the feature grid grows).")
     cap = e2.number_input("Most pixel points", 100, 20000, 5000, 100, key="fs_cap")
     use_bank = e3.toggle("Bank pixels too", value=bank is not None, key="fs_use_bank", disabled=bank is None)
     colour_by = e4.selectbox("Colour pixels by", ["CAM", "LPCAM", "Grad-CAM", "SIPE IS-CAM", "SIPE seed",

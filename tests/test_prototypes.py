@@ -197,3 +197,13 @@ def test_multiscale_uses_four_scales_with_flips(lite0, cat):
     res = ex.compute(cat, "lpcam", params={"multiscale": True})
     fwd = ex.forward(cat)
     assert len(fwd._scaled) == 8 and res.map.shape == (224, 224)
+
+
+def test_multiscale_on_a_fixed_size_vit_is_a_clear_error(deit, cat):
+    from cam_core.methods import MethodError
+
+    ex = Explainer(deit)
+    assert deit.fixed_input_size
+    with pytest.raises(MethodError, match="takes 224 x 224 inputs only"):
+        ex.compute(cat, "lpcam", params={"multiscale": True})
+    assert ex.compute(cat, "lpcam").map.shape == (14, 14)  # single scale still works

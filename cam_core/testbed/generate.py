@@ -122,7 +122,7 @@ def _draw_part(mask: np.ndarray, kind: str, cx: int, cy: int, r: int) -> None:
         pts = np.array([[cx, cy - r], [cx + r, cy + r], [cx - r, cy + r]], np.int32)
         cv2.fillPoly(mask, [pts], 1)
     elif kind == "bar":
-        cv2.rectangle(mask, (cx - r, cy - r // 3), (cx + r, cy + r // 3), 1, -1)
+        cv2.rectangle(mask, (cx - r, cy - r // 2), (cx + r, cy + r // 2), 1, -1)
     elif kind == "dots":
         for dx in (-r // 2 - 1, r // 2 + 1):
             cv2.circle(mask, (cx + dx, cy), max(2, r // 2), 1, -1)
@@ -144,7 +144,7 @@ def draw_object(rng: np.random.Generator, cls: int, size: int = SIZE):
     cv2.fillPoly(body, [_body_polygon(body_kind, cx, cy, rx, ry, angle)], 1)
     part = np.zeros((size, size), np.uint8)
     # The part sits inside the body, off-centre, about 1/10 of the body's area.
-    pr = int(round(min(rx, ry) * rng.uniform(0.32, 0.4)))
+    pr = int(round(min(rx, ry) * rng.uniform(0.34, 0.42)))
     ox, oy = rng.uniform(-0.35, 0.35) * rx, rng.uniform(-0.45, -0.2) * ry
     _draw_part(part, PARTS[cls][0], int(round(cx + ox)), int(round(cy + oy)), max(3, pr))
     part &= body

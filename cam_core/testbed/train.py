@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..voc import VOCDataset
 from .models import CNN_CONFIG, INPUT_SIZE, MEAN, STD, VIT_CONFIG, build_model
 
-DEFAULTS = {"cnn": {"epochs": 16, "lr": 2e-3, "batch_size": 32}, "vit": {"epochs": 40, "lr": 1e-3, "batch_size": 32}}
+DEFAULTS = {"cnn": {"epochs": 30, "lr": 3e-3, "batch_size": 32}, "vit": {"epochs": 40, "lr": 1e-3, "batch_size": 32}}
 
 
 def load_split(root: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
