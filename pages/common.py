@@ -100,11 +100,15 @@ class Selection:
 def _use_sample(name: str) -> None:
     st.session_state["sample"] = name
     st.session_state["image_source"] = "Sample"
+    st.session_state["_sample_chosen"] = True
 
 
 @st.dialog("Sample images", width="large")
 def _browse_samples(names: list[str]) -> None:
     # A dialog, not a popover: its thumbnails are sent only when it is opened.
+    if st.session_state.pop("_sample_chosen", False):
+        # A click reruns only the dialog (a fragment); the whole page must see the new image.
+        st.rerun(scope="app")
     cols = st.columns(6)
     for i, n in enumerate(names):
         with cols[i % 6]:
@@ -177,6 +181,11 @@ def _backbone_sidebar(device: str) -> Explainer | None:
 SIDEBAR_DEFAULTS = {"image_source": "Sample", "sample": DEFAULT_SAMPLE, "hub_name": "resnet50", "ckpt_arch": "resnet18"}
 SIDEBAR_KEYS = ("image_source", "sample", "image_path", "device", "backbone_choice", "hub_name", "ckpt_arch",
                 "ckpt_path", "ckpt_names")
+# Each page's own controls, kept while the user is on the other page.
+PAGE_KEYS = ("class_query", "class_pick", "topk", "methods", "cmap", "opacity", "norm", "threshold", "per_row",
+             "show_raw", "fs_bank_name", "fs_folder", "fs_cap", "fs_colour", "fs_embed", "fs_perplexity",
+             "fs_scale", "fs_target", "fs_threshold", "fs_use_bank")
+PAGE_KEY_PREFIXES = ("layer_", "param_", "fs_lp_", "fs_sipe_")
 
 
 def _leave_old_multipage_mode() -> None:
@@ -199,10 +208,11 @@ def sidebar() -> Selection:
     _leave_old_multipage_mode()
     for key, value in SIDEBAR_DEFAULTS.items():
         st.session_state.setdefault(key, value)
-    for key in SIDEBAR_KEYS:
-        # Re-assigning keeps a widget's value when another page draws the same widget:
-        # otherwise Streamlit drops the state of widgets the previous page's run owned.
-        if key in st.session_state:
+    for key in list(st.session_state):
+        # Re-assigning keeps a widget's value when another page draws the same widget, or
+        # none (the other page's controls): otherwise Streamlit drops the state of widgets
+        # that the run before owned. Buttons and plots cannot be assigned: not listed.
+        if key in SIDEBAR_KEYS or key in PAGE_KEYS or key.startswith(PAGE_KEY_PREFIXES):
             st.session_state[key] = st.session_state[key]
     with st.sidebar:
         st.header("Input")
@@ -227,6 +237,19 @@ def sidebar() -> Selection:
     selection = Selection(image=image, explainer=explainer, device=str(explainer.backbone.device))
     st.session_state["selection"] = selection  # lets page tests read the live Explainer's stats
     return selection
+
+
+def drop_stale_choice(key: str, options) -> None:
+    """A kept selectbox/multiselect value that the new image or backbone no longer offers
+    (a ViT-only method on a CNN, another image's top class) is dropped before the widget."""
+    if key not in st.session_state:
+        return
+    value, options = st.session_state[key], list(options)
+    if isinstance(value, list):
+        if any(v not in options for v in value):
+            st.session_state[key] = [v for v in value if v in options]
+    elif value not in options:
+        del st.session_state[key]
 
 
 def param_input(p: Param, label: str, key: str, slider: bool = False, container=None):

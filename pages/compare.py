@@ -16,7 +16,7 @@ from cam_core.render import (
     render_tile,
     to_image_map,
 )
-from pages.common import USER_ERRORS, param_input, sidebar
+from pages.common import USER_ERRORS, drop_stale_choice, param_input, sidebar
 
 DEFAULT_METHODS = ["cam", "gradcam", "gradcampp", "layercam", "eigencam"]
 NORM_HELP = "minmax: (m - min)/(max - min), as Grad-CAM libraries and TS-CAM. max: m/max, as LPCAM and SIPE."
@@ -73,6 +73,7 @@ targets = [p.index for p in preds[: int(side_by_side)]] if side_by_side > 1 else
 
 # ----- methods, layer, parameters ------------------------------------------------------------
 specs = {s.name: s for s in ex.methods()}
+drop_stale_choice("methods", specs)
 chosen = st.multiselect(
     "Methods", list(specs), default=[m for m in DEFAULT_METHODS if m in specs], key="methods",
     format_func=lambda n: specs[n].label + (" (slow)" if specs[n].slow else ""),

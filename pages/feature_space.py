@@ -19,6 +19,7 @@ from cam_core.featurespace import (
     LP_CLASS,
     LP_CONTEXT,
     PIXEL,
+    PROTOTYPE_KINDS,
     SIPE_PROTO,
     base_cloud,
     embed,
@@ -36,7 +37,7 @@ from cam_core.render import (
     resize_nearest,
     to_image_map,
 )
-from pages.common import USER_ERRORS, allowed_image_dirs, bank_dir, param_input, sidebar
+from pages.common import USER_ERRORS, allowed_image_dirs, bank_dir, drop_stale_choice, param_input, sidebar
 
 THIS_IMAGE = "this image (its own pixels)"
 BUILD = "build from a folder…"
@@ -52,6 +53,7 @@ st.title("Feature space")
 st.caption("Where the class centre (the classifier's row) sits among the pixel features, and how "
            "LPCAM's prototypes and SIPE's seeds cover the rest of the object.")
 preds = ex.predict(image, 5)
+drop_stale_choice("fs_target", [p.index for p in preds])
 target = st.selectbox("Class", [p.index for p in preds], key="fs_target",
                       format_func=lambda i: f"{bb.short_name(i)} ({i}) · {float(ex.forward(image).probs[i]):.1%}")
 
@@ -268,14 +270,23 @@ def tuning() -> None:
             c2.image(tiles["IS-CAM"], caption="IS-CAM", width="stretch")
 
     fig = _figure(coords, kinds, labels, cloud, values, categorical, colour_by)
-    fig.update_layout(title=f"{method.upper()} of {len(cloud)} points (+{len(protos)} prototypes placed) · "
+    fig.update_layout(title_y=0.97, title=f"{method.upper()} of {len(cloud)} points (+{len(protos)} prototypes placed) · "
                       f"computed in {emb.seconds:.1f} s, cached")
     plot_col, view_col = st.columns([3, 2])
     with plot_col:
         event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="fs_plot",
                                 width="stretch")
     chosen = _selected_indices(event)
+    # Also a list: a click on a small marker is easy to miss, and a list works by keyboard.
+    pickable = [i for i, k in enumerate(kinds) if k == CENTRE or k in PROTOTYPE_KINDS]
+    centre_of_target = next((i for i in pickable if kinds[i] == CENTRE and labels[i].endswith(f"({target})")),
+                            pickable[0] if pickable else None)
     with view_col:
+        if pickable:
+            picked = st.selectbox("Similarity map of", pickable, index=pickable.index(centre_of_target),
+                                  format_func=lambda i: labels[i], key=f"fs_sim_{cloud.key}_{protos.key}",
+                                  help="Or click a centre or prototype in the plot; select pixels to locate them.")
+
         sel_pixels = [i for i in chosen if kinds[i] == PIXEL]
         others = [i for i in chosen if kinds[i] != PIXEL]
         if sel_pixels:
@@ -283,8 +294,8 @@ def tuning() -> None:
             mask[cloud.rows[sel_pixels], cloud.cols[sel_pixels]] = True
             st.image(highlight(display, resize_nearest(mask, size)), width="stretch",
                      caption=f"{len(sel_pixels)} selected pixel(s) of the {h}×{w} feature grid")
-        elif others:
-            i = others[0]
+        elif others or pickable:
+            i = others[0] if others else picked
             vec = cloud.vectors[i] if i < len(cloud) else protos.vectors[i - len(cloud)]
             feats = fwd.head_features if scale == 1.0 else fwd.features_at(scale)
             sim = similarity_map(vec, feats)
@@ -343,7 +354,7 @@ def _figure(coords, kinds, labels, cloud, values, categorical, colour_by) -> go.
                             line=dict(width=1, color="black") if big else None),
                 text=[labels[i].removeprefix("centre: ") for i in idx] if kind == CENTRE else None,
                 textposition="top center", customdata=idx, hovertext=[labels[i] for i in idx], hoverinfo="text"))
-    fig.update_layout(height=560, margin=dict(l=10, r=10, t=30, b=10), dragmode="lasso",
+    fig.update_layout(height=560, margin=dict(l=10, r=10, t=70, b=10), dragmode="lasso", clickmode="event+select",
                       legend=dict(orientation="h", y=-0.08))
     return fig
 

@@ -27,6 +27,10 @@ def _captions(at, start):
     return [c.value for c in at.caption if c.value.startswith(start)]
 
 
+def _image_captions(at, start):
+    return [img.caption for el in at.get("image") for img in el.proto.imgs if img.caption.startswith(start)]
+
+
 def test_page_shows_lpcam_sipe_and_the_embedding(page):
     assert not page.error
     assert {"LPCAM", "SIPE", "Pixels, class centres and prototypes"} <= {s.value for s in page.subheader}
@@ -92,3 +96,29 @@ def test_build_a_bank_from_a_folder_and_find_it_on_the_next_start(tmp_path, monk
     again.switch_page("pages/feature_space.py").run()
     assert again.selectbox(key="fs_bank_efficientnet_lite0").value == "samples.safetensors"
     assert any("bank: samples" in c for c in _captions(again, "LPCAM: "))
+
+
+def test_similarity_map_of_the_class_centre_then_of_a_prototype(page):
+    pick = next(s for s in page.selectbox if s.label == "Similarity map of")
+    target = page.selectbox(key="fs_target").value
+    assert pick.format_func(pick.value).endswith(f"({target})")  # the target's own centre first
+    assert _image_captions(page, "cosine similarity of every pixel to centre: ")
+    proto = next(o for o in pick.options if "prototype" in o)
+    pick.set_value(proto).run()
+    assert not page.exception
+    assert _image_captions(page, "cosine similarity of every pixel to class prototype")
+
+
+def test_controls_survive_a_visit_to_the_other_page():
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.run()
+    at.slider(key="opacity").set_value(0.8).run()
+    at.multiselect(key="methods").set_value(["cam", "layercam"]).run()
+    at.switch_page("pages/feature_space.py").run()
+    at.slider(key="fs_lp_k").set_value(7).run()
+    at.switch_page("pages/compare.py").run()
+    assert at.slider(key="opacity").value == 0.8
+    assert at.multiselect(key="methods").value == ["cam", "layercam"]
+    at.switch_page("pages/feature_space.py").run()
+    assert at.slider(key="fs_lp_k").value == 7
+    assert not at.exception
