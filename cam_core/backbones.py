@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import pickle
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -503,6 +504,12 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would run the file's code.
+        raise BackboneError(
+            f"checkpoint {path.name} holds Python objects besides tensors and is not unpickled (that could run "
+            "code). Save model.state_dict() with torch.save, or use .safetensors."
+        ) from None
     except Exception as exc:
         raise BackboneError(f"cannot read checkpoint {path.name}: {type(exc).__name__}: {str(exc)[:200]}") from None
     for key in ("state_dict", "model", "model_state_dict"):
@@ -548,7 +555,12 @@ def build_checkpoint(
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise BackboneError(f"unknown device '{device}': use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise BackboneError(f"device '{device}' is not supported: use cpu, cuda, cuda:N or auto")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BackboneError("CUDA was asked for but no GPU is available on this machine; use --device cpu")
     return dev

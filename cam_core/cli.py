@@ -21,7 +21,7 @@ from .images import ImageError, load_image
 from .kmeans import KMeansError
 from .methods import METHODS, Cancelled, MethodError, get_method
 from .prototypes import BankError, PrototypeBank, build_bank, folder_items
-from .render import NORMALISATIONS, overlay, to_image_map
+from .render import COLORMAPS, NORMALISATIONS, overlay, to_image_map
 from .targets import TargetError, top_predictions
 
 EXIT_BAD_INPUT = 2
@@ -30,6 +30,29 @@ USER_ERRORS = (ImageError, TargetError, LayerError, MethodError, BackboneError, 
 
 def _fail(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
+
+
+def _method_list(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise MethodError("--methods is empty: name at least one method (see `python -m cam_core list`)")
+    for m in methods:
+        get_method(m)
+    return methods
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
 
 
 def _parse_params(items: list[str], methods: list[str]) -> dict[str, dict]:
@@ -49,11 +72,12 @@ def _parse_params(items: list[str], methods: list[str]) -> dict[str, dict]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
-        for m in methods:
-            get_method(m)
+        methods = _method_list(args.methods)
         params = _parse_params(args.param or [], methods)
+        out_dir = Path(args.out)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise MethodError(f"--out {args.out} is a file; give a folder (it is created if missing)")
         if args.target not in (None, "auto") and args.target.lower().startswith("top") and args.target.lower() not in ("top1", "top-1"):
             raise TargetError("the CLI explains one class per image: use --target N, a class name, or auto")
         backbone = load_backbone(
@@ -70,8 +94,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
             _fail(f"method {m} does not apply to {backbone.kind.upper()} backbones")
             return EXIT_BAD_INPUT
     explainer.warm_up(methods)
-
-    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "backbone": backbone.name,
@@ -203,10 +225,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, write_results
     from .voc import DatasetError, VOCDataset
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
-        for m in methods:
-            get_method(m)
+        methods = _method_list(args.methods)
         params = _parse_params(args.param or [], methods)
         dataset = VOCDataset(args.dataset, args.split)
         explainer = Explainer(load_backbone(args.backbone, args.device))
@@ -269,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default=None, help="feature layer (module name or 'features'); default per backbone")
     p.add_argument("--out", required=True)
     p.add_argument("--norm", default="minmax", choices=NORMALISATIONS)
-    p.add_argument("--opacity", type=float, default=0.5)
-    p.add_argument("--colormap", default="jet")
+    p.add_argument("--opacity", type=_fraction, default=0.5, help="0 (image only) to 1 (map only)")
+    p.add_argument("--colormap", default="jet", choices=COLORMAPS)
     p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE", help="method parameter, repeatable")
     p.add_argument("--checkpoint", default=None, help="local .safetensors/.pth for the timm arch named by --backbone")
     p.add_argument("--num-classes", type=int, default=None)
@@ -286,16 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
     b.add_argument("--out", required=True, help="file to write (.safetensors)")
     b.add_argument("--name", default=None)
-    b.add_argument("--max-per-class", type=int, default=20_000, help="pixel features kept per class")
-    b.add_argument("--tau", type=float, default=0.1, help="recorded as the bank's default tau")
-    b.add_argument("--k", type=int, default=12, help="recorded as the bank's default K")
+    b.add_argument("--max-per-class", type=_positive_int, default=20_000, help="pixel features kept per class")
+    b.add_argument("--tau", type=_fraction, default=0.1, help="recorded as the bank's default tau")
+    b.add_argument("--k", type=_positive_int, default=12, help="recorded as the bank's default K")
     b.set_defaults(func=cmd_bank_build)
 
     p = sub.add_parser("testbed", help="the generated ground-truth set and its models")
     tb = p.add_subparsers(dest="testbed_command", required=True)
     g = tb.add_parser("generate", help="write a VOC-layout set with planted failure modes")
     g.add_argument("--out", required=True)
-    g.add_argument("--n", type=int, default=1200)
+    g.add_argument("--n", type=_positive_int, default=1200)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--val-fraction", type=float, default=0.2)
     g.set_defaults(func=cmd_testbed_generate)
@@ -318,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", required=True)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="results CSV (a JSON of the totals is written beside it)")
-    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--limit", type=_positive_int, default=None, help="first N images only")
     p.add_argument("--bank-from", default="train", help="split whose images build LPCAM's bank ('' = each image's own)")
     p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE")
     p.set_defaults(func=cmd_evaluate)

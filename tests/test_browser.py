@@ -120,4 +120,10 @@ def test_served_app_shows_the_grid_and_retargets(served_app, browser):
     main.get_by_role("button", name=re.compile(r"^tiger cat · ")).click()
     expect(main.get_by_text(re.compile(r"^tiger cat · [\d.]+ ms"))).to_have_count(4, timeout=60_000)
     expect(main.get_by_text(re.compile(r"^Egyptian cat · [\d.]+ ms"))).to_have_count(0)
+    # the sample browser: a thumbnail click changes the whole page's image, not just the dialog
+    page.get_by_role("button", name="Browse samples").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("button", name="dog", exact=True).click()
+    expect(dialog).to_have_count(0, timeout=60_000)
+    expect(main.get_by_text(re.compile(r"^German shepherd · [\d.]+ ms"))).to_have_count(4, timeout=120_000)
     page.close()

@@ -64,12 +64,35 @@ def test_bad_images_fail_alone_with_exit_2(tmp_path, capsys):
     (["--backbone", "nosuchnet"], "unknown backbone 'nosuchnet'"),
     (["--target", "1000"], "class id 1000 is out of range"),
     (["--param", "scorecam.batch_size=8"], "not among --methods"),
+    (["--methods", " , "], "--methods is empty"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_bad_arguments_one_line_exit_2(tmp_path, capsys, args, msg):
     rc = main(["explain", str(SAMPLES / "cat.png"), "--out", str(tmp_path / "o"), *args])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0]
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "taken.txt"
+    out.write_text("keep me")
+    assert main(["explain", str(SAMPLES / "cat.png"), "--out", str(out)]) == 2
+    assert "is a file" in capsys.readouterr().err and out.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("args", [
+    ["explain", "x.png", "--out", "o", "--colormap", "rainbow"],
+    ["explain", "x.png", "--out", "o", "--opacity", "1.5"],
+    ["bank", "build", "folder", "--out", "b.safetensors", "--k", "0"],
+    ["bank", "build", "folder", "--out", "b.safetensors", "--tau", "5"],
+    ["bank", "build", "folder", "--out", "b.safetensors", "--max-per-class", "0"],
+])
+def test_out_of_range_options_are_usage_errors(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert "error: argument --" in capsys.readouterr().err
 
 
 def test_module_entry_point_runs(tmp_path):
