@@ -102,6 +102,9 @@ class ForwardPass:
     attentions: list = field(default_factory=list)  # ViTs: heads x N x N softmax attention of each block
     _scaled: dict = field(repr=False, default_factory=dict)
     _banks: dict = field(repr=False, default_factory=dict)
+    # Long methods' finished batches (Score-CAM's channel scores), so that a run interrupted
+    # by the UI (a rerun, a cancel) resumes where it stopped instead of starting over.
+    partial: dict = field(repr=False, default_factory=dict)
 
     def features_at(self, scale: float = 1.0, flip: bool = False) -> torch.Tensor:
         """Head-input features (C x h x w) of the input resized by `scale` (and mirrored,

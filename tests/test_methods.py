@@ -127,6 +127,24 @@ def test_scorecam_cancel_leaves_explainer_working(resnet18, cat):
     assert ex.compute(cat, "gradcam").map.max() > 0
 
 
+def test_interrupted_scorecam_resumes_and_gives_the_same_map(resnet18, cat):
+    small = dataclasses.replace(resnet18, input_size=(112, 112))
+    layer = "layer3"  # 256 channels
+    whole = Explainer(small).compute(cat, "scorecam", 0, layer, params={"batch_size": 16}).map
+    ex = Explainer(small)
+    calls = []
+    with pytest.raises(Cancelled):
+        ex.compute(cat, "scorecam", 0, layer, params={"batch_size": 16},
+                   cancel=lambda: calls.append(1) or len(calls) > 5)  # 5 batches done, then stop
+    reported = []
+    resumed = ex.compute(cat, "scorecam", 0, layer, params={"batch_size": 16},
+                         progress=lambda done, total: reported.append((done, total)))
+    assert reported[0] == (96, 256)  # the first progress after resuming: batch 6 of 16
+    assert len(reported) == 11
+    torch.testing.assert_close(resumed.map, whole)
+    assert not ex.forward(cat, layer).partial  # nothing left behind once finished
+
+
 def test_cam_equals_relu_of_classifier_times_features_by_hand(lite0, cat):
     ex = Explainer(lite0)
     res = ex.compute(cat, "cam")
