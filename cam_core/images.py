@@ -90,7 +90,7 @@ def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: 
         path = Path(source)
         name = name or path.name
         if not path.exists():
-            raise ImageError(f"{name}: no such file")
+            raise ImageError(f"{path}: no such file")
         if path.is_dir():
             raise ImageError(f"{name}: is a folder, not an image")
         size = path.stat().st_size
@@ -131,7 +131,7 @@ def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: 
         raise ImageError(f"{name}: not an image file that can be read (PNG, JPEG, GIF, BMP, TIFF, WebP)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow reports truncated/corrupt data as OSError ("image file is truncated").
-        raise ImageError(f"{name}: the image data is broken or truncated ({exc})") from None
+        raise ImageError(f"{name}: the image data is broken or truncated: {exc}") from None
 
     if _exif_orientation(img) not in (None, 1):
         img = ImageOps.exif_transpose(img)

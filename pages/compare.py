@@ -156,11 +156,13 @@ def fill_tile(cell, m: str, t: int) -> None:
 
 # ----- the grid: one cell per (class, method); fast tiles now, slow ones with progress in place
 cells = {}
-for t in targets:
+for row, t in enumerate(targets):
     if len(targets) > 1:
         st.subheader(f"{bb.short_name(t)} (class {t})")
-    for row_start in range(0, len(chosen), per_row):
-        for col, m in zip(st.columns(per_row), chosen[row_start : row_start + per_row]):
+    # A class-agnostic map (Eigen-CAM) is the same for every class: shown in the first row only.
+    shown = [m for m in chosen if row == 0 or specs[m].class_specific]
+    for row_start in range(0, len(shown), per_row):
+        for col, m in zip(st.columns(per_row), shown[row_start : row_start + per_row]):
             cells[(t, m)] = col.container()
             cells[(t, m)].markdown(f"**{specs[m].label}**")
 for (t, m), cell in cells.items():
@@ -201,7 +203,7 @@ for (t, m), cell in cells.items():
 
 timing.caption(
     f"Shared by all methods: forward pass {fwd.forward_ms:.0f} ms"
-    + "".join(f" · gradient for class {c} {ms:.1f} ms" for c, ms in fwd.gradient_ms.items())
+    + "".join(f" · gradient for class {c} {ms:.1f} ms" for c, ms in fwd.gradient_ms.items() if c in targets)
     + f" · device {sel.device} · layer `{layer}`"
 )
 if sheet_tiles:

@@ -79,6 +79,9 @@ def test_class_search_and_topk(app):
     assert any(c.startswith("lynx") for c in _tile_captions(app))
     app.number_input(key="topk").set_value(3).run()
     assert [s.value for s in app.subheader][:3] == ["Egyptian cat (class 285)", "tiger cat (class 282)", "tabby (class 281)"]
+    captions = _tile_captions(app)
+    # four class-specific default methods per class, Eigen-CAM (class-agnostic) once
+    assert len(captions) == 3 * 4 + 1 and sum(c.startswith("class-agnostic") for c in captions) == 1
 
 
 @pytest.mark.parametrize("name,data,error", awkward_images(), ids=[a[0] for a in awkward_images()])
