@@ -66,6 +66,17 @@ def test_scorecam_weights_channels_by_class_probability_of_masked_input():
     assert m.sum() == pytest.approx(64 * (s_red + s_green).item(), rel=1e-5)
 
 
+def test_scorecam_sigmoid_score_for_multi_label_heads():
+    ex = Explainer(toy_backbone())
+    img = squares_image(color_a=(255, 0, 0), color_b=(0, 255, 0))
+    m = ex.compute(img, "scorecam", target=0, params={"score": "sigmoid"}).map
+    # Red mask: logit_red = 0.25 -> sigmoid(0.25); green mask: logit_red = 0 -> sigmoid(0) = 0.5.
+    assert torch.allclose(m[4:12, 4:12], torch.sigmoid(torch.tensor(0.25)).expand(8, 8))
+    assert torch.allclose(m[20:28, 20:28], torch.full((8, 8), 0.5))
+    with pytest.raises(MethodError, match="must be one of"):
+        ex.compute(img, "scorecam", target=0, params={"score": "logit"})
+
+
 def test_scorecam_matches_a_plain_one_channel_loop(resnet18, cat):
     """The paper's definition, written as plainly as possible, on the channels of layer3 of
     a random resnet18 (256 channels), fed 112 px to keep the loop short."""

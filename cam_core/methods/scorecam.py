@@ -5,18 +5,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import NEEDS_FORWARDS, Cancelled, MethodSpec, Param, register
+from .base import NEEDS_FORWARDS, Cancelled, MethodError, MethodSpec, Param, register
 
 
-def channel_scores(ctx, target: int, channels: torch.Tensor, batch_size: int) -> torch.Tensor:
+def channel_scores(ctx, target: int, channels: torch.Tensor, batch_size: int, score: str = "softmax") -> torch.Tensor:
     """softmax(model(X * H_k))[target] for each channel k, H_k the channel upsampled to the
-    input size and min-max normalised. Batched; progress and cancel between batches."""
+    input size and min-max normalised (score='sigmoid': the class's own sigmoid, for
+    multi-label heads). Batched; progress and cancel between batches."""
+    if score not in ("softmax", "sigmoid"):
+        raise MethodError(f"score must be 'softmax' or 'sigmoid', got {score!r}")
     acts, x = ctx.activations, ctx.fwd.input
     size = x.shape[-2:]
     model = ctx.backbone.model
     total = len(channels)
     # Resumable: scores of finished batches stay with the forward pass (same image and layer).
-    key = ("scorecam", target, hash(tuple(channels.tolist())))
+    key = ("scorecam", target, score, hash(tuple(channels.tolist())))
     scores, done = ctx.fwd.partial.get(key, (torch.zeros(total, device=acts.device), 0))
     if batch_size <= 0:
         # Small batches stay in the CPU caches (Lite0: 28 ms/image at 4, 50 at 32);
@@ -32,7 +35,8 @@ def channel_scores(ctx, target: int, channels: torch.Tensor, batch_size: int) ->
         masks = (up - lo) / (hi - lo).clamp_min(torch.finfo(up.dtype).tiny)
         with torch.inference_mode():
             logits = model(x * masks.unsqueeze(1).to(x.dtype))
-        scores[start : start + len(idx)] = logits.float().softmax(dim=-1)[:, target]
+        probs = logits.float().softmax(dim=-1) if score == "softmax" else logits.float().sigmoid()
+        scores[start : start + len(idx)] = probs[:, target]
         ctx.fwd.partial[key] = (scores, start + len(idx))
         if ctx.progress is not None:
             ctx.progress(min(start + batch_size, total), total)
@@ -56,30 +60,34 @@ def _combine(ctx, scores: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
     return torch.relu(up[0, 0])
 
 
-def scorecam(ctx, target: int, batch_size: int = 0) -> torch.Tensor:
+def scorecam(ctx, target: int, batch_size: int = 0, score: str = "softmax") -> torch.Tensor:
     channels = _varying_channels(ctx.activations)
-    return _combine(ctx, channel_scores(ctx, target, channels, batch_size), channels)
+    return _combine(ctx, channel_scores(ctx, target, channels, batch_size, score), channels)
 
 
-def scorecam_topn(ctx, target: int, channels: int = 128, batch_size: int = 0) -> torch.Tensor:
+def scorecam_topn(ctx, target: int, channels: int = 128, batch_size: int = 0, score: str = "softmax") -> torch.Tensor:
     """The N channels of highest activation energy (sum of squares) only: an approximation."""
     varying = _varying_channels(ctx.activations)
     energy = ctx.activations[varying].float().pow(2).sum(dim=(1, 2))
     chosen = varying[energy.topk(min(channels, len(varying))).indices]
-    return _combine(ctx, channel_scores(ctx, target, chosen, batch_size), chosen)
+    return _combine(ctx, channel_scores(ctx, target, chosen, batch_size, score), chosen)
 
 
 _BATCH = Param("batch_size", 0, "Masked images per forward pass (0 = automatic: 4 on CPU, 64 on GPU).", 0, 512, 1)
+# A multi-label (sigmoid-trained) head saturates the softmax: on the testbed's two-class images
+# the second class gets p ~ 0 for every masked input, so every weight is ~0.
+_SCORE = Param("score", "softmax", "softmax: the paper's class probability. sigmoid: the class's own "
+               "probability, for multi-label heads such as the testbed models'.", choices=("softmax", "sigmoid"))
 register(MethodSpec(
     "scorecam", "Score-CAM", scorecam,
     "Each channel, upsampled and min-max normalised, masks the input; its weight is the softmax "
     "probability of the class for the masked image (constant channels skipped, as in the official code).",
-    frozenset({NEEDS_FORWARDS}), (_BATCH,), reference="Wang et al., CVPR-W 2020",
+    frozenset({NEEDS_FORWARDS}), (_BATCH, _SCORE), reference="Wang et al., CVPR-W 2020",
 ))
 register(MethodSpec(
     "scorecam_topn", "Score-CAM (top-N channels)", scorecam_topn,
     "Score-CAM restricted to the N channels of highest activation energy: faster, approximate.",
     frozenset({NEEDS_FORWARDS}),
-    (Param("channels", 128, "How many channels (highest energy first) to score.", 1, 4096, 1), _BATCH),
+    (Param("channels", 128, "How many channels (highest energy first) to score.", 1, 4096, 1), _BATCH, _SCORE),
     approximate=True, reference="Wang et al., CVPR-W 2020 (channel subset)",
 ))
