@@ -279,14 +279,13 @@ def tuning() -> None:
     chosen = _selected_indices(event)
     # Also a list: a click on a small marker is easy to miss, and a list works by keyboard.
     pickable = [i for i, k in enumerate(kinds) if k == CENTRE or k in PROTOTYPE_KINDS]
-    centre_of_target = next((i for i in pickable if kinds[i] == CENTRE and labels[i].endswith(f"({target})")),
-                            pickable[0] if pickable else None)
+    # base_cloud puts the centres of `preds` in their order; the target is one of them.
+    centre_of_target = int(cloud.indices(CENTRE)[[p.index for p in preds].index(target)])
     with view_col:
         if pickable:
             picked = st.selectbox("Similarity map of", pickable, index=pickable.index(centre_of_target),
                                   format_func=lambda i: labels[i], key=f"fs_sim_{cloud.key}_{protos.key}",
                                   help="Or click a centre or prototype in the plot; select pixels to locate them.")
-
         sel_pixels = [i for i in chosen if kinds[i] == PIXEL]
         others = [i for i in chosen if kinds[i] != PIXEL]
         if sel_pixels:
