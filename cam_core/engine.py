@@ -1,15 +1,21 @@
 """The shared forward pass and the per-image cache every method draws from.
 
 One forward per (image, backbone, layer). The chosen layer's output is replaced, inside a
-forward hook, by a copy of a detached leaf tensor that requires grad: nothing before the
-layer records a graph (the parameters need no grad), everything after it does. So
+tap (cam_core.taps: it sees this call's forward only), by a copy of a detached leaf tensor
+that requires grad: nothing before the layer records a graph (the parameters need no grad),
+everything after it does. So
 
 * the gradient of any class score w.r.t. the activations is ONE ``torch.autograd.grad``
   through the part of the network after the layer (for the last layer: pooling + linear),
   shared by every gradient method and cached per class;
 * in-place operations after the layer modify the copy, never the saved activation, and
   cannot trip autograd's leaf checks;
-* the hook lives only inside a context manager, so it is always removed.
+* nothing is left on the model: one Explainer (and one model) serves many threads at once.
+
+Concurrency: caches are filled once per key (a second caller of the same key waits for the
+first, callers of other keys run in parallel); no lock is held while a model runs. Long
+methods (Score-CAM) pause between batches while interactive work (a forward, a fast method)
+of any caller is running, so a Score-CAM in one browser session never freezes another.
 """
 
 from __future__ import annotations
@@ -17,16 +23,19 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .backbones import FEATURES, Backbone, BackboneError
-from .images import LoadedImage, from_array
+from .images import ImageError, LoadedImage, from_array, load_image
 from .methods import METHODS, MethodError, MethodSpec, get_method
-from .methods.base import NEEDS_BANK, NEEDS_GRADIENT, NEEDS_HEAD
+from .methods.base import NEEDS_ATTENTION, NEEDS_BANK, NEEDS_GRADIENT, NEEDS_HEAD, MethodContext, MethodOutput
+from .taps import Tap
 from .targets import Prediction, TargetError, resolve_targets, top_predictions
 
 
@@ -34,57 +43,106 @@ class LayerError(ValueError):
     """A layer name that does not exist or has no spatial output."""
 
 
-class _LayerTap:
-    """Context manager: taps one named module's output as a grad-requiring leaf, and keeps
-    (detached) the outputs of a few more modules, e.g. the stages SIPE reads."""
+class Memo:
+    """A thread-safe get-or-compute cache, optionally bounded (least recently used first out).
+    Each key is computed once: a concurrent caller of a key in flight waits for it; if that
+    computation fails, the waiter computes it itself (a cancelled Score-CAM of one session
+    must not cancel another's)."""
 
-    def __init__(self, model: torch.nn.Module, layer: str, keep: tuple[str, ...] = ()):
-        self.model, self.layer = model, layer
-        self.keep = tuple(n for n in keep if n != FEATURES)
-        self.leaf: torch.Tensor | None = None
-        self.kept: dict[str, torch.Tensor] = {}
-        self._handles: list = []
+    def __init__(self, max_items: int | None = None):
+        self.max_items = max_items
+        self._items: OrderedDict = OrderedDict()
+        self._pending: dict[Hashable, threading.Event] = {}
+        self._lock = threading.Lock()
 
-    def _module(self, name: str) -> torch.nn.Module:
+    def get(self, key: Hashable, compute: Callable[[], object]):
+        while True:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+                event = self._pending.get(key)
+                if event is None:
+                    event = self._pending[key] = threading.Event()
+                    break
+            event.wait()
         try:
-            return self.model.get_submodule(name)
-        except AttributeError:
-            raise LayerError(f"the model has no layer named '{name}'") from None
-
-    def __enter__(self) -> _LayerTap:
-        try:
-            if self.layer != FEATURES:
-                self._handles.append(self._module(self.layer).register_forward_hook(self._hook))
-            for name in self.keep:
-                self._handles.append(self._module(name).register_forward_hook(self._keeper(name)))
-        except LayerError:
-            self.__exit__()
+            value = compute()
+        except BaseException:
+            with self._lock:
+                self._pending.pop(key, None)
+            event.set()
             raise
-        return self
+        with self._lock:
+            self._items[key] = value
+            while self.max_items is not None and len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+            self._pending.pop(key, None)
+        event.set()
+        return value
 
-    def _hook(self, _module, _inputs, output):
-        if not torch.is_tensor(output):
-            raise LayerError(f"layer '{self.layer}' returns {type(output).__name__}, not a tensor")
-        self.leaf = output.detach().requires_grad_(True)
-        return self.leaf.clone()
+    def peek(self, key: Hashable, default=None):
+        with self._lock:
+            return self._items.get(key, default)
 
-    def _keeper(self, name: str):
-        def hook(_module, _inputs, output):
-            if torch.is_tensor(output):
-                self.kept[name] = output.detach()
+    def pop(self, key: Hashable) -> None:
+        with self._lock:
+            self._items.pop(key, None)
 
-        return hook
+    def keys(self) -> list:
+        with self._lock:
+            return list(self._items)
 
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+class _Priority:
+    """Interactive work (forwards, fast methods) of any thread goes before the batches of long
+    methods: a long method's pause() waits while interactive work runs (at most `patience`
+    seconds per pause, so it is never starved)."""
+
+    def __init__(self, patience: float = 10.0):
+        self.patience = patience
+        self._running = 0
+        self._cond = threading.Condition()
+        self._local = threading.local()
+
+    @contextmanager
+    def interactive(self):
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        if depth == 0:
+            with self._cond:
+                self._running += 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            if depth == 0:
+                with self._cond:
+                    self._running -= 1
+                    if self._running == 0:
+                        self._cond.notify_all()
+
+    def pause(self) -> None:
+        if getattr(self._local, "depth", 0):
+            return  # this thread's own interactive work is what runs
+        with self._cond:
+            self._cond.wait_for(lambda: self._running == 0, timeout=self.patience)
 
 
 @dataclass
 class ForwardPass:
     """Everything one forward of one image gives: logits, the tapped activations, the
-    head-input features, and the retained graph for per-class gradients."""
+    head-input features, and the retained graph for per-class gradients. Anything derived
+    from it later (gradients, multi-scale features, image banks, a long method's finished
+    batches) lives in its memo, computed once per key."""
 
     backbone: Backbone
     layer: str
@@ -96,25 +154,27 @@ class ForwardPass:
     forward_ms: float
     _leaf: torch.Tensor = field(repr=False, default=None)
     _graph_logits: torch.Tensor = field(repr=False, default=None)
-    _grads: dict = field(repr=False, default_factory=dict)
     gradient_ms: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)  # stage name -> C x h x w (detached), see Backbone.stage_layers
     attentions: list = field(default_factory=list)  # ViTs: heads x N x N softmax attention of each block
-    _scaled: dict = field(repr=False, default_factory=dict)
-    _banks: dict = field(repr=False, default_factory=dict)
-    # Long methods' finished batches (Score-CAM's channel scores), so that a run interrupted
-    # by the UI (a rerun, a cancel) resumes where it stopped instead of starting over.
-    partial: dict = field(repr=False, default_factory=dict)
+    _memo: Memo = field(repr=False, default_factory=Memo)
+
+    def memo(self, key: Hashable, compute: Callable[[], object]):
+        """compute() once per key for this forward pass (thread-safe)."""
+        return self._memo.get(key, compute)
+
+    def forget(self, key: Hashable) -> None:
+        self._memo.pop(key)
 
     def features_at(self, scale: float = 1.0, flip: bool = False) -> torch.Tensor:
         """Head-input features (C x h x w) of the input resized by `scale` (and mirrored,
         then mirrored back, if `flip`): the multi-scale inputs of LPCAM. Cached."""
-        key = (round(scale, 4), flip)
         if scale != 1.0 and self.backbone.fixed_input_size:
             h, w = self.backbone.input_size
             raise MethodError(f"{self.backbone.name} takes {h} x {w} inputs only: no features at scale {scale:g} "
                               "(multi-scale needs a CNN or a ViT built with dynamic_img_size)")
-        if key not in self._scaled:
+
+        def compute() -> torch.Tensor:
             x = self.input
             if scale != 1.0:
                 h, w = x.shape[-2:]
@@ -124,48 +184,24 @@ class ForwardPass:
                 x = x.flip(-1)
             with torch.inference_mode():
                 feats = self.backbone.to_spatial(self.backbone.model.forward_features(x))
-            self._scaled[key] = feats.flip(-1) if flip else feats
-        return self._scaled[key]
+            return feats.flip(-1) if flip else feats
 
-    def image_bank(self, target: int):
-        """LPCAM's bank built from this image alone (cached per class)."""
-        if target not in self._banks:
-            from .prototypes import image_bank
-
-            self._banks[target] = image_bank(self, target, self.backbone)
-        return self._banks[target]
+        return self.memo(("features_at", round(scale, 4), bool(flip)), compute)
 
     def gradient(self, target: int) -> torch.Tensor:
-        """d logit_target / d activations (C x h x w), computed once per class."""
-        if target not in self._grads:
+        """d logit_target / d activations (C x h x w), computed once per class. Concurrent
+        calls on the retained graph are safe (autograd allows it with retain_graph)."""
+
+        def compute() -> torch.Tensor:
             t0 = time.perf_counter()
             with torch.enable_grad():
                 (grad,) = torch.autograd.grad(self._graph_logits[0, target], self._leaf, retain_graph=True)
-            self._grads[target] = self.backbone.to_spatial(grad)
+            grad = self.backbone.to_spatial(grad)
             _sync(self.input.device)
             self.gradient_ms[target] = (time.perf_counter() - t0) * 1000
-        return self._grads[target]
+            return grad
 
-
-@dataclass
-class MethodContext:
-    """What a method function receives: the cached forward pass plus progress/cancel hooks."""
-
-    fwd: ForwardPass
-    progress: Callable[[int, int], None] | None = None
-    cancel: Callable[[], bool] | None = None
-    bank: object | None = None  # the LPCAM prototype bank in use, None = each image's own
-
-    @property
-    def backbone(self) -> Backbone:
-        return self.fwd.backbone
-
-    @property
-    def activations(self) -> torch.Tensor:
-        return self.fwd.activations
-
-    def gradient(self, target: int) -> torch.Tensor:
-        return self.fwd.gradient(target)
+        return self.memo(("gradient", int(target)), compute)
 
 
 @dataclass(frozen=True)
@@ -188,56 +224,94 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def as_image(image) -> LoadedImage:
+    """What a notebook user passes: a LoadedImage, a path, bytes, a PIL image or an H x W x 3
+    uint8 array. A tensor is refused: cam_core preprocesses the image itself, and a
+    normalised tensor cannot be shown under its map."""
+    if isinstance(image, LoadedImage):
+        return image
+    if torch.is_tensor(image):
+        raise ImageError("pass the image itself (a path, a PIL image or an H x W x 3 uint8 array), not a tensor: "
+                         "cam_core resizes and normalises it for the backbone (for a uint8 C x H x W tensor t: "
+                         "from_array(t.permute(1, 2, 0).numpy()))")
+    if isinstance(image, np.ndarray):
+        return from_array(image)
+    if isinstance(image, (str, Path, bytes, bytearray)) or hasattr(image, "mode"):
+        return load_image(image)
+    raise ImageError(f"expected an image (a path, bytes, a PIL image or an H x W x 3 uint8 array), "
+                     f"got {type(image).__name__}")
+
+
 class Explainer:
-    """Computes and caches CAMs for one backbone. Thread-safe (one lock): a cached
-    Explainer is shared by every browser session of the app."""
+    """Computes and caches CAMs for one backbone. Thread-safe: a cached Explainer is shared by
+    every browser session of the app, and calls run in parallel."""
 
     def __init__(self, backbone: Backbone, max_images: int = 8, max_maps: int = 256):
         self.backbone = backbone
         self.max_images, self.max_maps = max_images, max_maps
-        self._forwards: OrderedDict[tuple, ForwardPass] = OrderedDict()
-        self._maps: OrderedDict[tuple, CamResult] = OrderedDict()
-        self._lock = threading.RLock()
+        self._forwards = Memo(max_images)
+        self._maps = Memo(max_maps)
+        self._priority = _Priority()
+        self._stats_lock = threading.Lock()
         self.stats: Counter = Counter()  # forwards, gradients, method runs: lets tests prove caching
         self.bank = None  # default LPCAM prototype bank (cam_core.prototypes.PrototypeBank) or None
+
+    def _count(self, *keys: str) -> None:
+        with self._stats_lock:
+            for key in keys:
+                self.stats[key] += 1
 
     def set_bank(self, bank) -> None:
         """Default prototype bank for LPCAM (None: build one from each image itself). The app,
         whose Explainer is shared by sessions, passes its bank per call instead."""
         if bank is not None:
             bank.check_fits(self.backbone)
-        with self._lock:
-            self.bank = bank
+        self.bank = bank
 
     # ----- forward ---------------------------------------------------------------------
     def layer_or_default(self, layer: str | None) -> str:
         return layer or self.backbone.default_layer
 
-    def forward(self, image: LoadedImage, layer: str | None = None) -> ForwardPass:
+    def forward(self, image, layer: str | None = None) -> ForwardPass:
+        image = as_image(image)
         layer = self.layer_or_default(layer)
-        key = (image.sha256, layer)
-        with self._lock:
-            if key in self._forwards:
-                self._forwards.move_to_end(key)
-                return self._forwards[key]
-            fwd = self._run_forward(image, layer)
-            self._forwards[key] = fwd
-            while len(self._forwards) > self.max_images:
-                self._forwards.popitem(last=False)
-            return fwd
+        with self._priority.interactive():
+            return self._forwards.get((image.sha256, layer), lambda: self._run_forward(image, layer))
 
     def _run_forward(self, image: LoadedImage, layer: str) -> ForwardPass:
         bb = self.backbone
         if layer == FEATURES and not bb.has_head_split:
             raise LayerError(f"{bb.name} has no forward_features/forward_head split; name a layer")
+        keep = tuple(n for n in dict.fromkeys(bb.stage_layers + bb.attention_layers) if n not in (FEATURES, layer))
+        tapped = {"leaf": None, "kept": {}}
+
+        def on_output(name, output):
+            if name == layer:
+                if not torch.is_tensor(output):
+                    raise LayerError(f"layer '{layer}' returns {type(output).__name__}, not a tensor")
+                tapped["leaf"] = output.detach().requires_grad_(True)
+                out = tapped["leaf"].clone()
+                if name in bb.stage_layers or name in bb.attention_layers:
+                    tapped["kept"][name] = output.detach()
+                return out
+            if torch.is_tensor(output):
+                tapped["kept"][name] = output.detach()
+            return None
+
+        names = [n for n in (layer, *keep) if n != FEATURES]
+        try:
+            modules = {n: bb.model.get_submodule(n) for n in names}
+        except AttributeError as exc:
+            missing = next(n for n in names if not _has_module(bb.model, n))
+            raise LayerError(f"the model has no layer named '{missing}'") from exc
         x = bb.preprocess(image.rgb)
         t0 = time.perf_counter()
-        with torch.enable_grad(), _LayerTap(bb.model, layer, bb.stage_layers + bb.attention_layers) as tap:
+        with torch.enable_grad(), Tap(bb.model, modules, on_output):
             if bb.has_head_split:
                 feats = bb.model.forward_features(x)
                 if layer == FEATURES:
-                    tap.leaf = feats.detach().requires_grad_(True)
-                    feats = tap.leaf.clone()
+                    tapped["leaf"] = feats.detach().requires_grad_(True)
+                    feats = tapped["leaf"].clone()
                 logits = bb.model.forward_head(feats)
                 head_features = bb.to_spatial(feats.detach())
             else:
@@ -245,16 +319,18 @@ class Explainer:
                 head_features = None
         _sync(x.device)
         forward_ms = (time.perf_counter() - t0) * 1000
-        if tap.leaf is None:
+        leaf = tapped["leaf"]
+        if leaf is None:
             raise LayerError(f"layer '{layer}' was not reached by the forward pass")
         try:
-            activations = bb.to_spatial(tap.leaf.detach())
+            activations = bb.to_spatial(leaf.detach())
         except BackboneError as exc:
             raise LayerError(str(exc)) from None
-        self.stats["forwards"] += 1
+        self._count("forwards")
         detached = logits.detach()[0]
-        stages = {name: bb.to_spatial(tap.kept[name]) for name in bb.stage_layers if name in tap.kept}
-        attentions = [tap.kept[name][0] for name in bb.attention_layers if name in tap.kept]
+        kept = tapped["kept"]
+        stages = {name: bb.to_spatial(kept[name]) for name in bb.stage_layers if name in kept}
+        attentions = [kept[name][0] for name in bb.attention_layers if name in kept]
         if head_features is not None:
             stages[FEATURES] = head_features
         return ForwardPass(
@@ -266,35 +342,39 @@ class Explainer:
             activations=activations,
             head_features=head_features,
             forward_ms=forward_ms,
-            _leaf=tap.leaf,
+            _leaf=leaf,
             _graph_logits=logits,
             stages=stages,
             attentions=attentions,
         )
 
     # ----- predictions and targets -----------------------------------------------------
-    def predict(self, image: LoadedImage, k: int = 5) -> list[Prediction]:
+    def predict(self, image, k: int = 5) -> list[Prediction]:
         fwd = self.forward(image)
         return top_predictions(fwd.probs, self.backbone, k)
 
-    def targets(self, image: LoadedImage, target=None) -> list[int]:
+    def targets(self, image, target=None) -> list[int]:
         return resolve_targets(target, self.forward(image).probs, self.backbone)
 
     # ----- maps ------------------------------------------------------------------------
     def methods(self) -> list[MethodSpec]:
         """The registered methods this backbone can run."""
-        out = []
-        for spec in METHODS.values():
-            if self.backbone.kind not in spec.kinds:
-                continue
-            if NEEDS_HEAD in spec.needs and not self.backbone.has_head_split:
-                continue
-            out.append(spec)
-        return out
+        return [spec for spec in METHODS.values() if self._refusal(spec) is None]
+
+    def _refusal(self, spec: MethodSpec) -> str | None:
+        """Why a method cannot run on this backbone (one sentence), or None."""
+        bb = self.backbone
+        if bb.kind not in spec.kinds:
+            return f"{spec.name} does not apply to {bb.kind.upper()} backbones"
+        if NEEDS_HEAD in spec.needs and not bb.has_head_split:
+            return f"{spec.name} needs the classifier's input features, and {bb.name} has no forward_features/forward_head split"
+        if NEEDS_ATTENTION in spec.needs and not bb.attention_layers:
+            return f"{spec.name} reads attention maps, and {bb.name} has no timm attention blocks"
+        return None
 
     def compute(
         self,
-        image: LoadedImage,
+        image,
         method: str,
         target: int | None = None,
         layer: str | None = None,
@@ -304,14 +384,17 @@ class Explainer:
         bank=None,
     ) -> CamResult:
         spec = get_method(method)
-        if self.backbone.kind not in spec.kinds:
-            raise MethodError(f"{method} does not apply to {self.backbone.kind.upper()} backbones")
+        refusal = self._refusal(spec)
+        if refusal is not None:
+            raise MethodError(refusal)
+        image = as_image(image)
         resolved = spec.resolve_params(params)
         layer = self.layer_or_default(layer)
         fwd = self.forward(image, layer)
-        if target is None:
-            target = int(fwd.probs.argmax())
-        target = resolve_targets(int(target), fwd.probs, self.backbone)[0]
+        target = resolve_targets(int(fwd.probs.argmax()) if target is None else target, fwd.probs, self.backbone)
+        if len(target) != 1:
+            raise TargetError(f"compute explains one class at a time, got {len(target)}; use explain() for several")
+        target = target[0]
         key_target = target if spec.class_specific else None
         if bank is None:
             bank = self.bank
@@ -319,24 +402,26 @@ class Explainer:
             bank.check_fits(self.backbone)
         bank_key = (bank.key if bank is not None else "image") if NEEDS_BANK in spec.needs else None
         key = (image.sha256, layer, method, key_target, tuple(sorted(resolved.items())), bank_key)
-        # The whole computation holds the lock: the model is shared between sessions and a
-        # layer tap installed by one thread's forward would fire in another's.
-        with self._lock:
-            if key in self._maps:
-                self._maps.move_to_end(key)
-                return self._maps[key]
-            ctx = MethodContext(fwd, progress=progress, cancel=cancel, bank=bank)
+        return self._maps.get(key, lambda: self._run_method(spec, fwd, target, key_target, resolved, layer,
+                                                               progress, cancel, bank))
+
+    def _run_method(self, spec, fwd, target, key_target, resolved, layer, progress, cancel, bank) -> CamResult:
+        ctx = MethodContext(fwd, progress=progress, cancel=cancel, bank=bank,
+                            pause=self._priority.pause if spec.slow else None)
+        with self._priority.interactive() if not spec.slow else _nothing():
             if NEEDS_GRADIENT in spec.needs:
                 fwd.gradient(target)  # shared by all gradient methods; reported once as gradient_ms
             t0 = time.perf_counter()
             with torch.no_grad():
                 out = spec.fn(ctx, target, **resolved)
-            raw, extras = out if isinstance(out, tuple) else (out, {})
-            _sync(raw.device)
+            if not isinstance(out, MethodOutput):
+                raise TypeError(f"method {spec.name} returned {type(out).__name__}, not a MethodOutput")
+            _sync(out.map.device)
             ms = (time.perf_counter() - t0) * 1000
-        raw = torch.nan_to_num(raw.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
-        result = CamResult(
-            method=method,
+        raw = torch.nan_to_num(out.map.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+        self._count("maps", f"maps:{spec.name}")
+        return CamResult(
+            method=spec.name,
             label=spec.label,
             target=key_target,
             target_name=self.backbone.short_name(target) if spec.class_specific else "class-agnostic",
@@ -345,21 +430,14 @@ class Explainer:
             layer=layer,
             approximate=spec.approximate or (NEEDS_HEAD in spec.needs and not self.backbone.cam_exact),
             params=tuple(sorted(resolved.items())),
-            note=str(extras.pop("note", "")),
-            extras=extras,
+            note=out.note,
+            extras=dict(out.extras),
         )
-        with self._lock:
-            self.stats["maps"] += 1
-            self.stats[f"maps:{method}"] += 1
-            self._maps[key] = result
-            while len(self._maps) > self.max_maps:
-                self._maps.popitem(last=False)
-        return result
 
     def explain(
         self,
-        image: LoadedImage,
-        methods: list[str],
+        image,
+        methods: list[str] | str,
         target=None,
         layer: str | None = None,
         params: dict[str, dict] | None = None,
@@ -367,8 +445,13 @@ class Explainer:
         cancel: Callable[[], bool] | None = None,
         bank=None,
     ) -> dict[int, dict[str, CamResult]]:
-        """Maps for every (target, method): target as in resolve_targets (None = top-1,
-        an index, a class-name query, or 'top3')."""
+        """Maps for every (target, method): `image` as in as_image, `methods` a name or a list,
+        target as in resolve_targets (None = top-1, an index, a class-name query, or 'top3')."""
+        image = as_image(image)
+        if isinstance(methods, str):
+            methods = [methods]
+        for m in methods:
+            get_method(m)
         targets = self.targets(image, target)
         out: dict[int, dict[str, CamResult]] = {}
         for t in targets:
@@ -381,7 +464,8 @@ class Explainer:
     def warm_up(self, methods: list[str] | None = None) -> None:
         """Run the forward pass, a gradient and each fast method once on a synthetic image (and
         one small batch through the model for the slow ones), then forget the results, so that
-        reported times exclude first-call costs (allocator, kernel choice, LAPACK init)."""
+        reported times exclude first-call costs (allocator, kernel choice, LAPACK init).
+        Only this synthetic image's entries are dropped: other callers' results stay."""
         h, w = self.backbone.input_size
         rng = np.random.default_rng(0)
         image = from_array(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "warm-up")
@@ -394,14 +478,30 @@ class Explainer:
                     self.backbone.model(x.expand(4, -1, -1, -1))
             else:
                 self.compute(image, name)
-        with self._lock:
-            self.clear()
+        for memo in (self._forwards, self._maps):
+            for key in memo.keys():
+                if key[0] == image.sha256:
+                    memo.pop(key)
+        with self._stats_lock:
             self.stats.clear()
 
     def clear(self) -> None:
-        with self._lock:
-            self._forwards.clear()
-            self._maps.clear()
+        self._forwards.clear()
+        self._maps.clear()
 
 
-__all__ = ["Explainer", "ForwardPass", "CamResult", "LayerError", "MethodContext", "TargetError"]
+@contextmanager
+def _nothing():
+    yield
+
+
+def _has_module(model: torch.nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
+
+
+__all__ = ["Explainer", "ForwardPass", "CamResult", "LayerError", "Memo", "MethodContext", "MethodOutput",
+           "TargetError", "as_image"]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .methods.base import Cancelled
+from .errors import Cancelled
 
 PIXEL = "pixel"
 BANK_FG = "bank pixel (foreground)"

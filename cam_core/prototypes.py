@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .backbones import Backbone
 from .images import ImageError, LoadedImage, load_image
 from .kmeans import KMeansResult, kmeans
-from .methods.base import Cancelled
+from .errors import Cancelled
 
 BANK_FORMAT = 1
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}

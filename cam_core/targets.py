@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -72,6 +73,10 @@ def resolve_targets(target, probs: torch.Tensor, backbone) -> list[int]:
             return [found[0]]
     if isinstance(target, (list, tuple)):
         return [t for item in target for t in resolve_targets(item, probs, backbone)]
+    if isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, np.integer, float, np.floating)):
+        raise TargetError(f"a class is an integer id, a class name or 'topK', got {target!r}")
+    if isinstance(target, (float, np.floating)) and not float(target).is_integer():
+        raise TargetError(f"a class id is a whole number, got {target!r}")
     index = int(target)
     if not 0 <= index < num_classes:
         raise TargetError(f"class id {index} is out of range: {backbone.name} has classes 0..{num_classes - 1}")

@@ -196,7 +196,7 @@ def test_multiscale_uses_four_scales_with_flips(lite0, cat):
     ex = Explainer(lite0)
     res = ex.compute(cat, "lpcam", params={"multiscale": True})
     fwd = ex.forward(cat)
-    assert len(fwd._scaled) == 8 and res.map.shape == (224, 224)
+    assert len([k for k in fwd._memo.keys() if k[0] == "features_at"]) == 8 and res.map.shape == (224, 224)
 
 
 def test_multiscale_on_a_fixed_size_vit_is_a_clear_error(deit, cat):

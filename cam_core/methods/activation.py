@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from .base import NEEDS_HEAD, MethodSpec, register
+from .base import NEEDS_HEAD, MethodContext, MethodOutput, MethodSpec, register
 
 
-def cam(ctx, target: int) -> torch.Tensor:
+def cam(ctx: MethodContext, target: int) -> MethodOutput:
     """Zhou et al. 2016: ReLU(sum_k w_c[k] F_k) on the features the classifier pools (with a
     TS-CAM conv head: the head's own map of the class)."""
-    return torch.relu(ctx.backbone.class_maps(ctx.fwd.head_features, target))
+    return MethodOutput(torch.relu(ctx.backbone.class_maps(ctx.fwd.head_features, target)))
 
 
-def eigencam(ctx, target: int) -> torch.Tensor:
+def eigencam(ctx: MethodContext, target: int) -> MethodOutput:
     """Projection of the centred features on their first principal direction. The sign of
     an SVD is arbitrary: it is chosen so that the map correlates positively with the
     summed activation (objects are where the features fire), then ReLU."""
@@ -22,13 +22,13 @@ def eigencam(ctx, target: int) -> torch.Tensor:
     x = acts.reshape(c, h * w).T
     x = x - x.mean(dim=0, keepdim=True)
     if not torch.any(x):
-        return torch.zeros(h, w, device=acts.device)
+        return MethodOutput(torch.zeros(h, w, device=acts.device), note="constant features: no principal direction")
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
     proj = x @ vh[0]
     energy = acts.sum(0).reshape(-1)
     if torch.dot(proj, energy - energy.mean()) < 0:
         proj = -proj
-    return torch.relu(proj).reshape(h, w)
+    return MethodOutput(torch.relu(proj).reshape(h, w))
 
 
 register(MethodSpec(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import NEEDS_ATTENTION, NEEDS_HEAD, MethodError, MethodSpec, register
+from .base import NEEDS_ATTENTION, NEEDS_HEAD, MethodContext, MethodError, MethodOutput, MethodSpec, register
 
 
 def _attentions(ctx) -> torch.Tensor:
@@ -23,7 +23,7 @@ def _token_row(ctx, matrix: torch.Tensor) -> torch.Tensor:
     return bb.to_spatial(row[None, :, None])[0]
 
 
-def tscam(ctx, target: int) -> torch.Tensor:
+def tscam(ctx: MethodContext, target: int) -> MethodOutput:
     """Gao et al., ICCV 2021 (official vasgaowei/TS-CAM, lib/models/deit.py): the attention of
     every block, averaged over heads, SUMMED over blocks, class-token row to the patches
     (semantic-agnostic map), times the class's semantic map (the TS-CAM head's map; for a
@@ -31,10 +31,10 @@ def tscam(ctx, target: int) -> torch.Tensor:
     attention = _attentions(ctx).mean(dim=1).sum(dim=0)  # N x N
     agnostic = _token_row(ctx, attention)
     semantic = ctx.backbone.class_maps(ctx.fwd.head_features, target)
-    return agnostic * semantic
+    return MethodOutput(agnostic * semantic)
 
 
-def rollout(ctx, target: int) -> torch.Tensor:
+def rollout(ctx: MethodContext, target: int) -> MethodOutput:
     """Abnar & Zuidema 2020: per block, the head-averaged attention with the residual added
     (0.5 A + 0.5 I, rows renormalised), multiplied through the blocks; class-token row."""
     attention = _attentions(ctx).mean(dim=1)  # L x N x N
@@ -45,7 +45,7 @@ def rollout(ctx, target: int) -> torch.Tensor:
         a = 0.5 * a + 0.5 * eye
         a = a / a.sum(dim=-1, keepdim=True)
         joint = a @ joint
-    return _token_row(ctx, joint)
+    return MethodOutput(_token_row(ctx, joint))
 
 
 register(MethodSpec(

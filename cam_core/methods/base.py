@@ -1,11 +1,23 @@
-"""The method registry: each method declares what it needs and its parameters; pages and the
-CLI build their controls and checks from these declarations."""
+"""The method contract and registry.
+
+A method is ``fn(ctx: MethodContext, target: int, **params) -> MethodOutput``: a function of
+the cached forward pass (``ctx.fwd``) and the class, returning an unnormalised map on the
+device. Each method declares what it needs and its parameters; pages and the CLI build their
+controls and checks from these declarations.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import Cancelled, MethodError
+
+if TYPE_CHECKING:  # the engine imports this module; the type is only needed for annotations
+    from ..engine import ForwardPass
 
 # What a method may need beyond the cached forward pass.
 NEEDS_GRADIENT = "gradient"  # d logit / d activations, one per target class, shared
@@ -15,12 +27,46 @@ NEEDS_ATTENTION = "attention"
 NEEDS_BANK = "bank"
 
 
-class MethodError(ValueError):
-    """Unknown method or bad parameter; the message is meant for the user."""
+@dataclass
+class MethodContext:
+    """What a method receives: the cached forward pass of one image at one layer, and the
+    hooks of a long computation (progress, cancel, and a pause that lets interactive work of
+    other sessions run first)."""
+
+    fwd: ForwardPass
+    progress: Callable[[int, int], None] | None = None
+    cancel: Callable[[], bool] | None = None
+    bank: object | None = None  # the LPCAM prototype bank in use, None = each image's own
+    pause: Callable[[], None] | None = None  # yields to interactive work (engine-provided)
+
+    @property
+    def backbone(self):
+        return self.fwd.backbone
+
+    @property
+    def activations(self) -> torch.Tensor:
+        return self.fwd.activations
+
+    def gradient(self, target: int) -> torch.Tensor:
+        return self.fwd.gradient(target)
+
+    def checkpoint(self) -> None:
+        """Between the batches of a long method: stop if cancelled, else let waiting
+        interactive work go first."""
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("cancelled")
+        if self.pause is not None:
+            self.pause()
 
 
-class Cancelled(RuntimeError):
-    """Raised inside a long computation when its cancel callback says so."""
+@dataclass
+class MethodOutput:
+    """A method's result: the unnormalised map (h x w, on the device), method-specific
+    extras (e.g. SIPE's seeds), and a note for the user (how it was computed)."""
+
+    map: torch.Tensor
+    extras: dict = field(default_factory=dict)
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,7 +104,7 @@ class Param:
 class MethodSpec:
     name: str
     label: str
-    fn: Callable[..., Any]  # fn(ctx, target, **params) -> unnormalised map tensor (h x w)
+    fn: Callable[..., MethodOutput]  # fn(ctx: MethodContext, target, **params)
     description: str
     needs: frozenset[str] = frozenset()
     params: tuple[Param, ...] = ()
@@ -66,7 +112,6 @@ class MethodSpec:
     approximate: bool = False  # an approximation of a named method, labelled as such
     kinds: tuple[str, ...] = ("cnn", "vit")
     reference: str = ""
-    extra: dict = field(default_factory=dict)
 
     def resolve_params(self, given: dict | None) -> dict:
         given = dict(given or {})

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import torch
 
-from .base import NEEDS_GRADIENT, MethodSpec, register
+from .base import NEEDS_GRADIENT, MethodContext, MethodOutput, MethodSpec, register
 
 
-def _weighted(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-    return torch.relu(torch.einsum("c,chw->hw", weights, acts))
+def _weighted(weights: torch.Tensor, acts: torch.Tensor) -> MethodOutput:
+    return MethodOutput(torch.relu(torch.einsum("c,chw->hw", weights, acts)))
 
 
-def gradcam(ctx, target: int) -> torch.Tensor:
+def gradcam(ctx: MethodContext, target: int) -> MethodOutput:
     acts, grad = ctx.activations, ctx.gradient(target)
     return _weighted(grad.mean(dim=(1, 2)), acts)
 
 
-def gradcampp(ctx, target: int) -> torch.Tensor:
+def gradcampp(ctx: MethodContext, target: int) -> MethodOutput:
     # Closed form under an exponential score (Chattopadhay et al., eq. 19), as both
     # anchor libraries use it; eps and the g != 0 guard avoid 0/0.
     acts, grad = ctx.activations, ctx.gradient(target)
@@ -29,20 +29,20 @@ def gradcampp(ctx, target: int) -> torch.Tensor:
     return _weighted((torch.relu(grad) * alpha).sum(dim=(1, 2)), acts)
 
 
-def xgradcam(ctx, target: int) -> torch.Tensor:
+def xgradcam(ctx: MethodContext, target: int) -> MethodOutput:
     acts, grad = ctx.activations, ctx.gradient(target)
     sum_acts = acts.sum(dim=(1, 2), keepdim=True)
     return _weighted((grad * acts / (sum_acts + 1e-7)).sum(dim=(1, 2)), acts)
 
 
-def layercam(ctx, target: int) -> torch.Tensor:
+def layercam(ctx: MethodContext, target: int) -> MethodOutput:
     acts, grad = ctx.activations, ctx.gradient(target)
-    return torch.relu((torch.relu(grad) * acts).sum(dim=0))
+    return MethodOutput(torch.relu((torch.relu(grad) * acts).sum(dim=0)))
 
 
-def hirescam(ctx, target: int) -> torch.Tensor:
+def hirescam(ctx: MethodContext, target: int) -> MethodOutput:
     acts, grad = ctx.activations, ctx.gradient(target)
-    return torch.relu((grad * acts).sum(dim=0))
+    return MethodOutput(torch.relu((grad * acts).sum(dim=0)))
 
 
 _G = frozenset({NEEDS_GRADIENT})

@@ -5,21 +5,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import NEEDS_BANK, NEEDS_HEAD, MethodSpec, Param, register
+from ..prototypes import image_bank, lpcam_map
+from .base import NEEDS_BANK, NEEDS_HEAD, MethodContext, MethodOutput, MethodSpec, Param, register
 
 SCALES = (1.0, 0.5, 1.5, 2.0)  # the official inference scales, each with its mirror image
 
 
-def lpcam(ctx, target: int, k: int = 12, tau: float = 0.1, mu_f: float = 0.9, mu_b: float = 0.9,
+def lpcam(ctx: MethodContext, target: int, k: int = 12, tau: float = 0.1, mu_f: float = 0.9, mu_b: float = 0.9,
           mu_low: float = 0.05, rule: str = "auto", rank: int = 5, use_bias: bool = False,
-          multiscale: bool = False):
-    from ..prototypes import lpcam_map
-
+          multiscale: bool = False) -> MethodOutput:
     bb = ctx.backbone
     bank = ctx.bank
     if bank is None or target not in bank.classes:
         source = "this image" if bank is None else f"this image ({bank.name} has no class {target})"
-        bank = ctx.fwd.image_bank(target)
+        bank = ctx.fwd.memo(("image_bank", target), lambda: image_bank(ctx.fwd, target, bb))
     else:
         source = bank.name
     sel = bank.select(bb, target, k, tau, mu_f, mu_b, mu_low, rule, rank, use_bias)
@@ -37,7 +36,7 @@ def lpcam(ctx, target: int, k: int = 12, tau: float = 0.1, mu_f: float = 0.9, mu
         out = torch.stack(maps).mean(dim=0)
     note = f"bank: {source}; {sel.note}; {int(sel.fg_selected.sum())}/{len(sel.fg_prob)} class and " \
            f"{int(sel.bg_selected.sum())}/{len(sel.bg_prob)} context prototypes"
-    return out, {"selection": sel, "bank": source, "note": note}
+    return MethodOutput(out, {"selection": sel, "bank": source}, note)
 
 
 register(MethodSpec(

@@ -2,46 +2,65 @@
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
-from .base import NEEDS_FORWARDS, Cancelled, MethodError, MethodSpec, Param, register
+from .base import NEEDS_FORWARDS, Cancelled, MethodContext, MethodError, MethodOutput, MethodSpec, Param, register
 
 
-def channel_scores(ctx, target: int, channels: torch.Tensor, batch_size: int, score: str = "softmax") -> torch.Tensor:
+# Masked images per forward when batch_size = 0 (see bench/bench_scorecam_batch.py).
+AUTO_BATCH = {"cpu": 4, "cuda": 64}
+
+
+@dataclass
+class _Resumable:
+    """Scores of the finished batches of one (class, score, channel set) on one forward pass,
+    so that a run interrupted by the UI (a rerun, a cancel) resumes where it stopped."""
+
+    scores: torch.Tensor
+    done: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def channel_scores(ctx: MethodContext, target: int, channels: torch.Tensor, batch_size: int,
+                   score: str = "softmax") -> torch.Tensor:
     """softmax(model(X * H_k))[target] for each channel k, H_k the channel upsampled to the
     input size and min-max normalised (score='sigmoid': the class's own sigmoid, for
-    multi-label heads). Batched; progress and cancel between batches."""
+    multi-label heads). Batched; between batches: progress, cancel, and a pause while other
+    callers' interactive work runs."""
     if score not in ("softmax", "sigmoid"):
         raise MethodError(f"score must be 'softmax' or 'sigmoid', got {score!r}")
     acts, x = ctx.activations, ctx.fwd.input
     size = x.shape[-2:]
     model = ctx.backbone.model
     total = len(channels)
-    # Resumable: scores of finished batches stay with the forward pass (same image and layer).
-    key = ("scorecam", target, score, hash(tuple(channels.tolist())))
-    scores, done = ctx.fwd.partial.get(key, (torch.zeros(total, device=acts.device), 0))
+    key = ("scorecam-progress", target, score, hash(tuple(channels.tolist())))
+    state = ctx.fwd.memo(key, lambda: _Resumable(torch.zeros(total, device=acts.device)))
     if batch_size <= 0:
-        # Small batches stay in the CPU caches (Lite0: 28 ms/image at 4, 50 at 32);
-        # a GPU wants large ones.
-        batch_size = 64 if acts.device.type == "cuda" else 4
-    for start in range(done, total, batch_size):
-        if ctx.cancel is not None and ctx.cancel():
-            raise Cancelled("Score-CAM cancelled")
-        idx = channels[start : start + batch_size]
-        up = F.interpolate(acts[idx].unsqueeze(0).float(), size=size, mode="bilinear", align_corners=False)[0]
-        lo = up.amin(dim=(1, 2), keepdim=True)
-        hi = up.amax(dim=(1, 2), keepdim=True)
-        masks = (up - lo) / (hi - lo).clamp_min(torch.finfo(up.dtype).tiny)
-        with torch.inference_mode():
-            logits = model(x * masks.unsqueeze(1).to(x.dtype))
-        probs = logits.float().softmax(dim=-1) if score == "softmax" else logits.float().sigmoid()
-        scores[start : start + len(idx)] = probs[:, target]
-        ctx.fwd.partial[key] = (scores, start + len(idx))
-        if ctx.progress is not None:
-            ctx.progress(min(start + batch_size, total), total)
-    ctx.fwd.partial.pop(key, None)
-    return scores
+        batch_size = AUTO_BATCH["cuda" if acts.device.type == "cuda" else "cpu"]
+    with state.lock:
+        for start in range(state.done, total, batch_size):
+            try:
+                ctx.checkpoint()
+            except Cancelled:
+                raise Cancelled("Score-CAM cancelled") from None
+            idx = channels[start : start + batch_size]
+            up = F.interpolate(acts[idx].unsqueeze(0).float(), size=size, mode="bilinear", align_corners=False)[0]
+            lo = up.amin(dim=(1, 2), keepdim=True)
+            hi = up.amax(dim=(1, 2), keepdim=True)
+            masks = (up - lo) / (hi - lo).clamp_min(torch.finfo(up.dtype).tiny)
+            with torch.inference_mode():
+                logits = model(x * masks.unsqueeze(1).to(x.dtype))
+            probs = logits.float().softmax(dim=-1) if score == "softmax" else logits.float().sigmoid()
+            state.scores[start : start + len(idx)] = probs[:, target]
+            state.done = start + len(idx)
+            if ctx.progress is not None:
+                ctx.progress(min(start + batch_size, total), total)
+        ctx.fwd.forget(key)  # finished: the map itself is cached by the engine
+        return state.scores
 
 
 def _varying_channels(acts: torch.Tensor) -> torch.Tensor:
@@ -60,20 +79,24 @@ def _combine(ctx, scores: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
     return torch.relu(up[0, 0])
 
 
-def scorecam(ctx, target: int, batch_size: int = 0, score: str = "softmax") -> torch.Tensor:
+def scorecam(ctx: MethodContext, target: int, batch_size: int = 0, score: str = "softmax") -> MethodOutput:
     channels = _varying_channels(ctx.activations)
-    return _combine(ctx, channel_scores(ctx, target, channels, batch_size, score), channels)
+    total = ctx.activations.shape[0]
+    note = f"{len(channels)} of {total} channels vary and were scored (constant ones skipped, as the official code)"
+    return MethodOutput(_combine(ctx, channel_scores(ctx, target, channels, batch_size, score), channels), note=note)
 
 
-def scorecam_topn(ctx, target: int, channels: int = 128, batch_size: int = 0, score: str = "softmax") -> torch.Tensor:
+def scorecam_topn(ctx: MethodContext, target: int, channels: int = 128, batch_size: int = 0,
+                  score: str = "softmax") -> MethodOutput:
     """The N channels of highest activation energy (sum of squares) only: an approximation."""
     varying = _varying_channels(ctx.activations)
     energy = ctx.activations[varying].float().pow(2).sum(dim=(1, 2))
     chosen = varying[energy.topk(min(channels, len(varying))).indices]
-    return _combine(ctx, channel_scores(ctx, target, chosen, batch_size, score), chosen)
+    note = f"the {len(chosen)} highest-energy of {len(varying)} varying channels scored (an approximation)"
+    return MethodOutput(_combine(ctx, channel_scores(ctx, target, chosen, batch_size, score), chosen), note=note)
 
 
-_BATCH = Param("batch_size", 0, "Masked images per forward pass (0 = automatic: 4 on CPU, 64 on GPU).", 0, 512, 1)
+_BATCH = Param("batch_size", 0, f"Masked images per forward pass (0 = automatic: {AUTO_BATCH['cpu']} on CPU, {AUTO_BATCH['cuda']} on GPU).", 0, 512, 1)
 # A multi-label (sigmoid-trained) head saturates the softmax: on the testbed's two-class images
 # the second class gets p ~ 0 for every masked input, so every weight is ~0.
 _SCORE = Param("score", "softmax", "softmax: the paper's class probability. sigmoid: the class's own "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import NEEDS_HEAD, MethodError, MethodSpec, Param, register
+from .base import NEEDS_HEAD, MethodContext, MethodError, MethodOutput, MethodSpec, Param, register
 
 
 def hierarchical_features(stages: list[torch.Tensor]) -> torch.Tensor:
@@ -62,7 +62,7 @@ def _labels(fwd, target: int, classes: int, labels: str) -> list[int]:
     return [target, *others[: classes - 1]]
 
 
-def sipe(ctx, target: int, bg_factor: float = 0.5, classes: int = 1, labels: str = ""):
+def sipe(ctx: MethodContext, target: int, bg_factor: float = 0.5, classes: int = 1, labels: str = "") -> MethodOutput:
     fwd, bb = ctx.fwd, ctx.backbone
     stages = [fwd.stages[name] for name in bb.stage_layers if name in fwd.stages]
     hie = hierarchical_features(stages)
@@ -85,7 +85,7 @@ def sipe(ctx, target: int, bg_factor: float = 0.5, classes: int = 1, labels: str
         "hierarchical": hie,
         "cam": norm_cam,
     }
-    return is_cam[1], extras
+    return MethodOutput(is_cam[1], extras)
 
 
 register(MethodSpec(
