@@ -144,19 +144,29 @@ def main() -> None:
 
     if args.skip_scorecam:
         return
-    t0 = time.perf_counter()
-    ex.clear()
-    ours_sc = ex.compute(image, "scorecam", target).map
-    t_ours = time.perf_counter() - t0
+    # Each library runs once untimed first (allocator, kernel choice), then once timed; the
+    # batch-size sweep and repeated, interleaved timings are in bench/bench_scorecam.py.
+    def ours_scorecam():
+        ex.clear()
+        return ex.compute(image, "scorecam", target).map
+
     cam = pgc.ScoreCAM(model=peer_model, target_layers=[layer])
-    t0 = time.perf_counter()
-    cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])
-    t_pgc = time.perf_counter() - t0
     extractor = tcm.ScoreCAM(peer_model, target_layer=layer)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        extractor(target, peer_model(x))
-    t_tc = time.perf_counter() - t0
+
+    def tc_scorecam():
+        with torch.no_grad():
+            extractor(target, peer_model(x))
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - t0
+
+    for warm in (ours_scorecam, lambda: cam(input_tensor=x, targets=[ClassifierOutputTarget(target)]), tc_scorecam):
+        warm()
+    ours_sc, t_ours = timed(ours_scorecam)
+    _, t_pgc = timed(lambda: cam(input_tensor=x, targets=[ClassifierOutputTarget(target)]))
+    _, t_tc = timed(tc_scorecam)
     extractor.remove_hooks()
     # The paper's definition, one channel at a time, as the reference for faithfulness.
     acts = ex.forward(image).activations
@@ -173,7 +183,7 @@ def main() -> None:
             ref += model(x * mask).softmax(-1)[0, target] * up
     r = pearson(normalize(ours_sc), normalize(torch.relu(ref)))
     print(f"Score-CAM ({kept} of {acts.shape[0]} channels vary): cam_core {t_ours:.1f} s, pytorch-grad-cam "
-          f"{t_pgc:.1f} s, torchcam {t_tc:.1f} s; cam_core / pytorch-grad-cam = {t_ours / t_pgc:.2f} (target <= 0.5); "
+          f"{t_pgc:.1f} s, torchcam {t_tc:.1f} s; cam_core / pytorch-grad-cam = {t_ours / t_pgc:.2f} (target <= 0.4); "
           f"Pearson r vs the paper's one-channel loop = {r:.5f} (target >= 0.99)")
 
 

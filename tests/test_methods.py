@@ -315,3 +315,28 @@ def test_eigencam_is_first_principal_component(resnet18, cat):
     pos = m > 0
     assert pos.any()
     assert np.allclose(m[pos], ref[pos], rtol=1e-3, atol=1e-5)
+
+
+def test_explain_takes_what_a_notebook_user_passes(resnet18, cat, tmp_path):
+    """A LoadedImage, a path, an array, a PIL image, one method name; a tensor or anything
+    else is a clear ImageError (it used to be AttributeError: 'sha256')."""
+    from PIL import Image
+
+    from cam_core import ImageError
+
+    small = dataclasses.replace(resnet18, input_size=(64, 64))
+    ex = Explainer(small)
+    ref = ex.explain(cat, "gradcam")  # one method name, not its letters
+    (t, by_method), = ref.items()
+    assert list(by_method) == ["gradcam"]
+    path = tmp_path / "cat.png"
+    Image.fromarray(cat.rgb).save(path)
+    for given in (str(path), path, cat.rgb, Image.fromarray(cat.rgb)):
+        got = ex.explain(given, ["gradcam"])
+        torch.testing.assert_close(got[t]["gradcam"].map, by_method["gradcam"].map)
+    with pytest.raises(ImageError, match="not a tensor"):
+        ex.explain(torch.zeros(3, 64, 64), "gradcam")
+    with pytest.raises(ImageError, match="got list"):
+        ex.explain([1, 2, 3], "gradcam")
+    with pytest.raises(MethodError, match="unknown method 'g'"):
+        ex.explain(cat, ["g"])

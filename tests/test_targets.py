@@ -34,3 +34,19 @@ def test_resolve_targets_forms():
         resolve_targets("-1", probs, _BB)
     with pytest.raises(TargetError, match="no class name matches"):
         resolve_targets("flibbertigibbet", probs, _BB)
+
+
+def test_resolve_targets_refuses_what_is_not_a_class_id():
+    import numpy as np
+
+    probs = torch.zeros(1000)
+    probs[7] = 1.0
+    assert resolve_targets(np.int64(5), probs, _BB) == [5]
+    assert resolve_targets(5.0, probs, _BB) == [5]  # a whole float is an id
+    with pytest.raises(TargetError, match="whole number"):
+        resolve_targets(3.7, probs, _BB)  # used to explain class 3
+    for bad in (True, False, np.bool_(True)):
+        with pytest.raises(TargetError, match="integer id"):
+            resolve_targets(bad, probs, _BB)  # True used to explain class 1
+    with pytest.raises(TargetError, match="integer id"):
+        resolve_targets(object(), probs, _BB)
