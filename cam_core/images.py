@@ -226,15 +226,31 @@ def _exif_orientation(img: Image.Image) -> int | None:
 
 
 def resolve_under(path: str | Path, roots: list[Path]) -> Path:
-    """Resolve a user-typed path and refuse anything outside the allowed folders."""
-    p = Path(path).expanduser()
-    candidates = [p] if p.is_absolute() else [root / p for root in roots]
-    for cand in candidates:
-        real = cand.resolve()
-        for root in roots:
-            if real.is_relative_to(root.resolve()):
-                if not real.exists():
-                    raise ImageError(f"{path}: no such file under {root}")
-                return real
+    """Resolve a user-typed path and refuse anything outside the allowed folders.
+
+    An absolute path must lie under one of ``roots``; a relative one is tried under each
+    root in order and the first that exists wins. A bad path (a NUL byte, a name too long,
+    a symlink loop...) is an ImageError, never an OSError."""
+    text = str(path)
+    if "\0" in text:
+        raise ImageError(f"{text!r}: the path contains a NUL byte")
+    try:
+        p = Path(path).expanduser()
+        resolved_roots = [root.resolve() for root in roots]
+        candidates = [p] if p.is_absolute() else [root / p for root in roots]
+        inside: list[tuple[Path, Path]] = []  # (resolved candidate, its root), in the order tried
+        for cand in candidates:
+            real = cand.resolve()
+            for root, real_root in zip(roots, resolved_roots):
+                if real.is_relative_to(real_root):
+                    if real.exists():
+                        return real
+                    inside.append((real, root))
+                    break
+    except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: a symlink loop before 3.13
+        raise ImageError(f"{text}: cannot be resolved: {getattr(exc, 'strerror', None) or exc}") from None
+    if inside:
+        folders = ", ".join(str(root) for _, root in inside)
+        raise ImageError(f"{text}: no such file under {folders}")
     allowed = ", ".join(str(r) for r in roots)
-    raise ImageError(f"{path}: outside the allowed folders ({allowed})")
+    raise ImageError(f"{text}: outside the allowed folders ({allowed})")

@@ -176,3 +176,28 @@ def test_the_40_megapixel_limit_is_exact_and_its_message_is_honest():
     with pytest.raises(ImageError, match=r"20x20 is 0.0004 megapixels, above the limit of 0.0001 megapixels"):
         load_image(Image.new("RGB", (20, 20)), "small.png", max_pixels=100)
 
+
+# ----- resolve_under -----------------------------------------------------------------------------
+
+
+def test_relative_name_is_tried_under_every_allowed_folder_in_order(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    png = _encode(Image.new("RGB", (4, 4)), "PNG")
+    (b / "only_b.png").write_bytes(png)
+    (a / "both.png").write_bytes(png)
+    (b / "both.png").write_bytes(png)
+    assert resolve_under("only_b.png", [a, b]) == (b / "only_b.png").resolve()
+    assert resolve_under("both.png", [a, b]) == (a / "both.png").resolve()
+    with pytest.raises(ImageError, match=r"nowhere\.png: no such file under .*a.*, .*b"):
+        resolve_under("nowhere.png", [a, b])
+
+
+@pytest.mark.parametrize("typed,msg", [
+    ("x\0.png", "NUL"),
+    ("a" * 300 + ".png", "File name too long"),
+])
+def test_resolve_under_turns_bad_paths_into_image_errors(tmp_path, typed, msg):
+    with pytest.raises(ImageError, match=msg):
+        resolve_under(typed, [tmp_path])
