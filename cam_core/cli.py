@@ -276,8 +276,16 @@ def cmd_list(_args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr like every other bad input (argparse prints the
+    whole usage first); exit code 2 as before. Subcommand parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cam_core", description="CAM Explorer command line")
+    parser = _Parser(prog="python -m cam_core", description="CAM Explorer command line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("explain", help="compute CAMs of images by several methods")
@@ -293,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--colormap", default="jet", choices=COLORMAPS)
     p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE", help="method parameter, repeatable")
     p.add_argument("--checkpoint", default=None, help="local .safetensors/.pth for the timm arch named by --backbone")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--num-classes", type=_positive_int, default=None, help="classes of --checkpoint's head")
     p.add_argument("--class-names", default=None, help="text file, one class name per line")
     p.add_argument("--bank", default=None, help="LPCAM prototype bank (.safetensors from `bank build` or the app)")
     p.set_defaults(func=cmd_explain)
