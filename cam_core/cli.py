@@ -1,7 +1,7 @@
 """Command line: ``python -m cam_core explain IMAGE... --backbone NAME --methods a,b --out DIR``.
 
 Writes DIR/<folder>/<method>.npy (float32, the image's H x W, in [0,1]), DIR/<folder>/<method>.png
-(overlay) and DIR/summary.json.
+(overlay) and DIR/summary.json (strict JSON: a non-finite number is written as null).
 
 <folder> is the image's file stem made safe: one plain name inside DIR, never ``.``/``..``,
 no path separators, control or ``:*?"<>|`` characters (they become ``_``), no leading or
@@ -15,8 +15,10 @@ replaced, other files are left). Every file is written to a temporary name in it
 renamed, so an interrupted run never leaves a half-written summary or map.
 
 Bad input (arguments, an unwritable DIR, an unreadable image, a write that fails): one line
-``error: ...`` on stderr, exit code 2, and the other images are still processed. An internal
-error on one image is reported on one line and does not stop the batch either (exit code 1).
+``error: ...`` on stderr, exit code 2, and the other images are still processed. A model whose
+output is not finite (NaN/inf weights) gives a ``warning: ...`` line, a per-image ``warnings``
+entry in summary.json, and exit code 2 too. An internal error on one image is reported on one
+line and does not stop the batch either (exit code 1).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import re
 import secrets
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .backbones import BackboneError, device_label, load_backbone, resolve_device
@@ -48,6 +52,7 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 1
 USER_ERRORS = (ImageError, TargetError, LayerError, MethodError, BackboneError, BankError, KMeansError, Cancelled)
 SUMMARY = "summary.json"
+NOT_FINITE = "the model's output is not finite (NaN/inf weights?): its predictions and maps are meaningless"
 
 
 class OutputError(ValueError):
@@ -209,6 +214,17 @@ def _write_atomic(path: Path, write: Callable[[BinaryIO], None], durable: bool =
         raise
 
 
+def _finite_or_none(obj):
+    """The summary with every NaN/inf float replaced by None (null): strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     created: list[Path] = []
     try:
@@ -246,7 +262,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "images": {},
         "errors": [],
     }
-    failed = crashed = 0
+    failed = warned = crashed = 0
     used = {SUMMARY.casefold()}
     for path in args.images:
         try:
@@ -255,6 +271,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
             record["source"] = str(path)
             folder = record.pop("folder")
             summary["images"][folder] = record
+            for warning in record["warnings"]:
+                print(f"warning: {path}: {warning}", file=sys.stderr)
+            warned += bool(record["warnings"])
             print(f"{path}: target {record['target']['index']} ({record['target']['name']}), "
                   f"{len(methods)} maps -> {out_dir / folder}")
         except USER_ERRORS as exc:
@@ -270,7 +289,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             crashed += 1
             _fail(f"{path}: internal error, please report it: {type(exc).__name__}: {exc}")
             summary["errors"].append({"image": str(path), "error": f"internal error: {type(exc).__name__}: {exc}"})
-    text = json.dumps(summary, indent=2)
+    text = json.dumps(_finite_or_none(summary), indent=2, allow_nan=False)
     try:
         _write_atomic(out_real / SUMMARY, lambda f: f.write(text.encode("utf-8")), durable=True)
     except OSError as exc:
@@ -278,7 +297,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if crashed:
         return EXIT_INTERNAL_ERROR
-    return EXIT_BAD_INPUT if failed else 0
+    return EXIT_BAD_INPUT if failed or warned else 0
 
 
 def _explain_one(explainer, image, methods, params, args, out_real: Path, used: set[str]) -> dict:
@@ -291,12 +310,19 @@ def _explain_one(explainer, image, methods, params, args, out_real: Path, used: 
             def progress(done, total, m=m):
                 print(f"\r{m}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
         results[m] = explainer.compute(image, m, target, args.layer, params.get(m), progress=progress)
+    warnings = []
+    if not bool(torch.isfinite(fwd.logits).all()):
+        warnings.append(NOT_FINITE)
+    else:
+        warnings += [f"{m}: the map has non-finite values (NaN/inf), written as 0"
+                     for m, res in results.items() if not bool(torch.isfinite(res.map).all())]
     folder = _image_folder(out_real, image.stem, used)
     record = {
         "folder": folder.name,
         "file": str(image.name),
         "size": list(image.size),
         "notes": list(image.notes),
+        "warnings": warnings,
         "top5": [
             {"index": p.index, "name": p.name, "probability": round(p.probability, 6)}
             for p in top_predictions(fwd.probs, explainer.backbone, 5)

@@ -245,6 +245,19 @@ def test_class_names_file_that_is_not_utf8_is_one_line_exit_2(tmp_path, capsys, 
     assert not out.exists()  # refused before any work, nothing left behind
 
 
+def test_nan_checkpoint_is_reported_and_the_summary_stays_valid_json(tmp_path, capsys, checkpoints):
+    out = tmp_path / "o"
+    rc = main(["explain", str(SAMPLES / "cat.png"), "--backbone", "resnet18", "--checkpoint", str(checkpoints["nan"]),
+               "--methods", "cam,gradcam", "--out", str(out)])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cat.png" in err[0] and "not finite" in err[0]
+    summary = _strict_json((out / "summary.json").read_text())
+    rec = summary["images"]["cat"]
+    assert any("the model's output is not finite" in w for w in rec["warnings"])
+    assert [p["probability"] for p in rec["top5"]] == [None, None, None]
+
+
 def test_a_write_error_on_one_image_does_not_stop_the_batch(tmp_path, capsys, monkeypatch):
     real_save, calls = np.save, []
 
