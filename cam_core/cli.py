@@ -1,18 +1,42 @@
 """Command line: ``python -m cam_core explain IMAGE... --backbone NAME --methods a,b --out DIR``.
 
-Writes DIR/<stem>/<method>.npy (float32, the image's H x W, in [0,1]), DIR/<stem>/<method>.png
-(overlay) and DIR/summary.json. Bad input: one line on stderr, exit code 2, the other images
-still processed.
+Writes DIR/<folder>/<method>.npy (float32, the image's H x W, in [0,1]), DIR/<folder>/<method>.png
+(overlay) and DIR/summary.json (strict JSON: a non-finite number is written as null).
+
+<folder> is the image's file stem made safe: one plain name inside DIR, never ``.``/``..``,
+no path separators, control or ``:*?"<>|`` characters (they become ``_``), no leading or
+trailing dots and spaces, at most 150 bytes, ``image`` when nothing is left. A name already
+taken in this run (case-insensitively), ``summary.json``, or an existing file or link in DIR
+gets ``-2``, ``-3``...; each record in summary.json names its ``source`` path.
+
+Nothing is written outside DIR and nothing is overwritten silently: a DIR that is not empty
+is refused up front unless ``--overwrite`` is given (then the files of the same names are
+replaced, other files are left). Every file is written to a temporary name in its folder and
+renamed, so an interrupted run never leaves a half-written summary or map.
+
+Bad input (arguments, an unwritable DIR, an unreadable image, a write that fails): one line
+``error: ...`` on stderr, exit code 2, and the other images are still processed. A model whose
+output is not finite (NaN/inf weights) gives a ``warning: ...`` line, a per-image ``warnings``
+entry in summary.json, and exit code 2 too. An internal error on one image is reported on one
+line and does not stop the batch either (exit code 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
+import os
+import re
+import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .backbones import BackboneError, device_label, load_backbone, resolve_device
@@ -25,7 +49,14 @@ from .render import COLORMAPS, NORMALISATIONS, overlay, to_image_map
 from .targets import TargetError, top_predictions
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL_ERROR = 1
 USER_ERRORS = (ImageError, TargetError, LayerError, MethodError, BackboneError, BankError, KMeansError, Cancelled)
+SUMMARY = "summary.json"
+NOT_FINITE = "the model's output is not finite (NaN/inf weights?): its predictions and maps are meaningless"
+
+
+class OutputError(ValueError):
+    """--out cannot be used as asked; the message is meant for the user."""
 
 
 def _fail(msg: str) -> None:
@@ -71,30 +102,155 @@ def _parse_params(items: list[str], methods: list[str]) -> dict[str, dict]:
     return out
 
 
+def _check_names_file(path: str) -> None:
+    """Refuse a class-names file that is not UTF-8 text, before the backbone is built.
+
+    The library reads it (``backbones._class_names_for``) with ``read_text(encoding="utf-8")``,
+    which raises a bare UnicodeDecodeError; the check belongs there and can move there."""
+    p = Path(path)
+    try:
+        if not p.is_file():
+            return  # the library says that it does not exist
+        p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BackboneError(
+            f"class names file {p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8, one class name per line"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"class names file {p} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _prepare_out(out_dir: Path, overwrite: bool) -> list[Path]:
+    """Check --out before any work and create it. Returns the folders this created
+    (outermost first), to remove again if the run stops before writing anything."""
+    created: list[Path] = []
+    try:
+        if out_dir.exists() or out_dir.is_symlink():
+            if not out_dir.is_dir():
+                raise OutputError(f"--out {out_dir} is a file; give a folder (it is created if missing)")
+            entries = sorted(os.listdir(out_dir))
+            if entries and not overwrite:
+                shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+                raise OutputError(
+                    f"--out {out_dir} is not empty ({len(entries)} entries: {shown}); give a new or empty folder, "
+                    "or add --overwrite to replace the files of the same names there"
+                )
+        missing = out_dir
+        while not missing.exists() and missing != missing.parent:
+            created.insert(0, missing)
+            missing = missing.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}-{secrets.token_hex(4)}"
+        probe.touch(exist_ok=False)
+        probe.unlink()
+        return created
+    except OSError as exc:
+        _remove_empty(created)
+        raise OutputError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from None
+    except ValueError as exc:  # a NUL byte in the path
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"--out {out_dir!r}: {exc}") from None
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
+
+
+def folder_name(stem: str) -> str:
+    """One plain, portable path component for an image's outputs: separators, control and
+    ``:*?"<>|`` characters become ``_``; leading and trailing dots and spaces go (so never
+    ``.``, ``..`` or a hidden folder); at most 150 bytes of UTF-8; ``image`` if nothing is left."""
+    name = _UNSAFE_CHARS.sub("_", stem).strip(" .")
+    name = name.encode("utf-8")[:150].decode("utf-8", "ignore").strip(" .")
+    return name or "image"
+
+
+def _image_folder(out_real: Path, stem: str, used: set[str]) -> Path:
+    """A folder for this image inside ``out_real`` (already resolved) that no other image of
+    this run has (case-insensitively, for case-insensitive file systems) and that is not an
+    existing file or link; created."""
+    base = folder_name(stem)
+    names = (base if n == 1 else f"{base}-{n}" for n in itertools.count(1))
+    name = next(n for n in names if n.casefold() not in used and _free(out_real / n))
+    folder = out_real / name
+    if folder.resolve().parent != out_real:  # cannot happen for a plain name that is not a link
+        raise OSError(f"{folder} resolves outside --out")
+    used.add(name.casefold())
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _free(path: Path) -> bool:
+    """Usable as an image's folder: missing, or a real folder (from an earlier run; --overwrite)."""
+    return not path.is_symlink() and (path.is_dir() or not path.exists())
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], None], durable: bool = False) -> None:
+    """Write through a temporary file beside ``path``, then rename it over ``path``: an
+    interrupted run never leaves a half-written file, and a link at ``path`` is replaced,
+    never followed. ``durable``: fsync before the rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
+
+
+def _finite_or_none(obj):
+    """The summary with every NaN/inf float replaced by None (null): strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
+    created: list[Path] = []
     try:
         methods = _method_list(args.methods)
         params = _parse_params(args.param or [], methods)
         out_dir = Path(args.out)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise MethodError(f"--out {args.out} is a file; give a folder (it is created if missing)")
         if args.target not in (None, "auto") and args.target.lower().startswith("top") and args.target.lower() not in ("top1", "top-1"):
             raise TargetError("the CLI explains one class per image: use --target N, a class name, or auto")
+        if args.class_names:
+            _check_names_file(args.class_names)
+        created = _prepare_out(out_dir, args.overwrite)
         backbone = load_backbone(
             args.backbone, args.device, checkpoint=args.checkpoint, num_classes=args.num_classes, class_names=args.class_names
         )
+        for m in methods:
+            if backbone.kind not in get_method(m).kinds:
+                raise MethodError(f"method {m} does not apply to {backbone.kind.upper()} backbones")
         explainer = Explainer(backbone)
         if args.bank:
             explainer.set_bank(PrototypeBank.load(args.bank))
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, OutputError) as exc:
         _fail(str(exc))
+        _remove_empty(created)
         return EXIT_BAD_INPUT
-    for m in methods:
-        if backbone.kind not in get_method(m).kinds:
-            _fail(f"method {m} does not apply to {backbone.kind.upper()} backbones")
-            return EXIT_BAD_INPUT
     explainer.warm_up(methods)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_real = out_dir.resolve()
     summary = {
         "backbone": backbone.name,
         "weights": backbone.source,
@@ -106,30 +262,45 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "images": {},
         "errors": [],
     }
-    failed = 0
-    used_stems: set[str] = set()
+    failed = warned = crashed = 0
+    used = {SUMMARY.casefold()}
     for path in args.images:
         try:
             image = load_image(path)
-            stem = image.stem
-            n = 2
-            while stem in used_stems:
-                stem, n = f"{image.stem}-{n}", n + 1
-            used_stems.add(stem)
-            record = _explain_one(explainer, image, methods, params, args, out_dir / stem, stem)
-            summary["images"][stem] = record
+            record = _explain_one(explainer, image, methods, params, args, out_real, used)
+            record["source"] = str(path)
+            folder = record.pop("folder")
+            summary["images"][folder] = record
+            for warning in record["warnings"]:
+                print(f"warning: {path}: {warning}", file=sys.stderr)
+            warned += bool(record["warnings"])
             print(f"{path}: target {record['target']['index']} ({record['target']['name']}), "
-                  f"{len(methods)} maps -> {out_dir / stem}")
+                  f"{len(methods)} maps -> {out_dir / folder}")
         except USER_ERRORS as exc:
             failed += 1
             # ImageError messages already start with the file's name.
             _fail(str(exc) if isinstance(exc, ImageError) else f"{path}: {exc}")
             summary["errors"].append({"image": str(path), "error": str(exc)})
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return EXIT_BAD_INPUT if failed else 0
+        except OSError as exc:  # a write that failed: disk full, permissions, a folder in the way
+            failed += 1
+            _fail(f"{path}: cannot write its maps: {exc}")
+            summary["errors"].append({"image": str(path), "error": f"cannot write its maps: {exc}"})
+        except Exception as exc:  # a bug must not cost the rest of the batch
+            crashed += 1
+            _fail(f"{path}: internal error, please report it: {type(exc).__name__}: {exc}")
+            summary["errors"].append({"image": str(path), "error": f"internal error: {type(exc).__name__}: {exc}"})
+    text = json.dumps(_finite_or_none(summary), indent=2, allow_nan=False)
+    try:
+        _write_atomic(out_real / SUMMARY, lambda f: f.write(text.encode("utf-8")), durable=True)
+    except OSError as exc:
+        _fail(f"cannot write {out_dir / SUMMARY}: {exc}")
+        return EXIT_BAD_INPUT
+    if crashed:
+        return EXIT_INTERNAL_ERROR
+    return EXIT_BAD_INPUT if failed or warned else 0
 
 
-def _explain_one(explainer, image, methods, params, args, folder: Path, stem: str) -> dict:
+def _explain_one(explainer, image, methods, params, args, out_real: Path, used: set[str]) -> dict:
     target = explainer.targets(image, None if args.target in (None, "auto") else args.target)[0]
     fwd = explainer.forward(image, args.layer)
     results = {}
@@ -139,11 +310,19 @@ def _explain_one(explainer, image, methods, params, args, folder: Path, stem: st
             def progress(done, total, m=m):
                 print(f"\r{m}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
         results[m] = explainer.compute(image, m, target, args.layer, params.get(m), progress=progress)
-    folder.mkdir(parents=True, exist_ok=True)
+    warnings = []
+    if not bool(torch.isfinite(fwd.logits).all()):
+        warnings.append(NOT_FINITE)
+    else:
+        warnings += [f"{m}: the map has non-finite values (NaN/inf), written as 0"
+                     for m, res in results.items() if not bool(torch.isfinite(res.map).all())]
+    folder = _image_folder(out_real, image.stem, used)
     record = {
+        "folder": folder.name,
         "file": str(image.name),
         "size": list(image.size),
         "notes": list(image.notes),
+        "warnings": warnings,
         "top5": [
             {"index": p.index, "name": p.name, "probability": round(p.probability, 6)}
             for p in top_predictions(fwd.probs, explainer.backbone, 5)
@@ -155,16 +334,17 @@ def _explain_one(explainer, image, methods, params, args, folder: Path, stem: st
     }
     for m, res in results.items():
         m01 = to_image_map(res.map, image.size, args.norm)
-        np.save(folder / f"{m}.npy", m01)
-        Image.fromarray(overlay(image.rgb, m01, args.opacity, args.colormap)).save(folder / f"{m}.png")
+        png = Image.fromarray(overlay(image.rgb, m01, args.opacity, args.colormap))
+        _write_atomic(folder / f"{m}.npy", lambda f, a=m01: np.save(f, a))
+        _write_atomic(folder / f"{m}.png", lambda f, im=png: im.save(f, format="PNG"))
         record["methods"][m] = {
             "ms": round(res.ms, 3),
             "label": res.label,
             "layer": res.layer,
             "approximate": res.approximate,
             "note": res.note,
-            "npy": f"{stem}/{m}.npy",
-            "png": f"{stem}/{m}.png",
+            "npy": f"{folder.name}/{m}.npy",
+            "png": f"{folder.name}/{m}.png",
         }
     return record
 
@@ -276,8 +456,16 @@ def cmd_list(_args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr like every other bad input (argparse prints the
+    whole usage first); exit code 2 as before. Subcommand parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cam_core", description="CAM Explorer command line")
+    parser = _Parser(prog="python -m cam_core", description="CAM Explorer command line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("explain", help="compute CAMs of images by several methods")
@@ -287,13 +475,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="auto", help="class index, class name, or auto (top-1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--layer", default=None, help="feature layer (module name or 'features'); default per backbone")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for the maps and summary.json; must be new or empty")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow a non-empty --out: replace the maps and summary of the same names there")
     p.add_argument("--norm", default="minmax", choices=NORMALISATIONS)
     p.add_argument("--opacity", type=_fraction, default=0.5, help="0 (image only) to 1 (map only)")
     p.add_argument("--colormap", default="jet", choices=COLORMAPS)
     p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE", help="method parameter, repeatable")
     p.add_argument("--checkpoint", default=None, help="local .safetensors/.pth for the timm arch named by --backbone")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--num-classes", type=_positive_int, default=None, help="classes of --checkpoint's head")
     p.add_argument("--class-names", default=None, help="text file, one class name per line")
     p.add_argument("--bank", default=None, help="LPCAM prototype bank (.safetensors from `bank build` or the app)")
     p.set_defaults(func=cmd_explain)

@@ -46,11 +46,39 @@ def pixel_hash(rgb: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def from_array(rgb: np.ndarray, name: str = "array") -> LoadedImage:
-    """Wrap an H x W x 3 uint8 array (e.g. from a notebook)."""
+def _megapixels(pixels: int, limit: int) -> str:
+    """``pixels`` in megapixels, truncated (never rounded up) to just enough decimals that a
+    count above ``limit`` reads as above it: 40 005 000 -> "40.005", not "40" or "40.01"."""
+    decimals = 0
+    while decimals < 6 and (pixels // 10 ** (6 - decimals)) * 10 ** (6 - decimals) <= limit:
+        decimals += 1
+    return f"{pixels // 10 ** (6 - decimals) / 10**decimals:.{decimals}f}"
+
+
+def _check_size(w: int, h: int, name: str, max_pixels: int, dims: str | None = None) -> None:
+    """Refuse an image with no pixels, or with more than ``max_pixels`` (exactly the limit passes)."""
+    dims = dims or f"{w}x{h}"
+    if w * h > max_pixels:
+        raise ImageError(
+            f"{name}: {dims} is {_megapixels(w * h, max_pixels)} megapixels, above the limit of "
+            f"{max_pixels / 1e6:g} megapixels; downscale it first"
+        )
+    if w == 0 or h == 0:
+        raise ImageError(f"{name}: the image has no pixels ({dims})")
+
+
+def _array_dims(arr: np.ndarray) -> tuple[int, int, str]:
+    h, w = int(arr.shape[0]), int(arr.shape[1])
+    return w, h, f"{h} x {w} (H x W)"
+
+
+def from_array(rgb: np.ndarray, name: str = "array", max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """Wrap an H x W x 3 uint8 array (e.g. from a notebook); refuses empty or oversized arrays."""
     arr = np.asarray(rgb)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise ImageError(f"expected an H x W x 3 uint8 array, got {arr.shape} {arr.dtype}")
+    w, h, dims = _array_dims(arr)
+    _check_size(w, h, name, max_pixels, dims)
     arr = np.ascontiguousarray(arr)
     return LoadedImage(rgb=arr, name=name, sha256=pixel_hash(arr))
 
@@ -80,57 +108,95 @@ def _flatten_alpha(img: Image.Image, notes: list[str]) -> Image.Image:
     return Image.alpha_composite(white, rgba).convert("RGB")
 
 
-def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS) -> LoadedImage:
-    """Decode a path or raw bytes into RGB uint8.
+_EXPECTED = "expected a path, bytes, PIL image or H x W x 3 uint8 array"
 
-    Handles EXIF rotation, CMYK, grayscale, 16-bit, palette and alpha images; refuses
-    empty, truncated, non-image and oversized inputs with an ImageError.
+
+def _describe(source) -> str:
+    if isinstance(source, np.ndarray):
+        return f"a {source.dtype} array of shape {source.shape}"
+    return "None" if source is None else f"a {type(source).__name__}"
+
+
+def load_image(
+    source: str | Path | bytes | Image.Image | np.ndarray, name: str | None = None, max_pixels: int = MAX_PIXELS
+) -> LoadedImage:
+    """Turn a path, raw bytes (bytes, bytearray, memoryview), a PIL image, or a uint8 array
+    (H x W x 3 RGB, H x W x 4 RGBA, H x W grayscale) into RGB uint8.
+
+    Handles EXIF rotation, CMYK, grayscale, 16-bit, palette and alpha images alike whatever
+    the container; refuses empty, truncated, non-image and oversized inputs, and any other
+    type, with an ImageError. A PIL image passed in is never modified.
     """
+    if isinstance(source, Image.Image):
+        return _from_pil(source, name or Path(getattr(source, "filename", "") or "image").name, max_pixels)
+    if isinstance(source, np.ndarray):
+        return _from_uint8_array(source, name or "array", max_pixels)
     if isinstance(source, (str, Path)):
         path = Path(source)
         name = name or path.name
-        if not path.exists():
-            raise ImageError(f"{path}: no such file")
-        if path.is_dir():
-            raise ImageError(f"{name}: is a folder, not an image")
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(f"{name}: file is {size / 2**20:.0f} MB, above the {MAX_FILE_BYTES // 2**20} MB limit")
-        data = path.read_bytes()
-    else:
+        try:
+            if not path.exists():
+                raise ImageError(f"{path}: no such file")
+            if path.is_dir():
+                raise ImageError(f"{name}: is a folder, not an image")
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageError(f"{name}: file is {size / 2**20:.0f} MB, above the {MAX_FILE_BYTES // 2**20} MB limit")
+            data = path.read_bytes()
+        except (OSError, ValueError) as exc:  # permission denied, name too long, a NUL byte in the name...
+            if isinstance(exc, ImageError):
+                raise
+            raise ImageError(f"{name}: cannot read the file: {getattr(exc, 'strerror', None) or exc}") from None
+    elif isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         name = name or "upload"
+    else:
+        raise ImageError(f"{_EXPECTED}, got {_describe(source)}")
     if len(data) == 0:
         raise ImageError(f"{name}: the file is empty (0 bytes)")
-    notes: list[str] = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError(
-                    f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
-                    f"{max_pixels / 1e6:.0f} megapixels; downscale it first"
-                )
-            if w == 0 or h == 0:
-                raise ImageError(f"{name}: the image has no pixels ({w}x{h})")
-            if getattr(img, "n_frames", 1) > 1:
-                notes.append("first frame of an animated image")
+            _check_size(*img.size, name, max_pixels)
             img.load()
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's guard fires inside open(), before we see the size; its message carries it.
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(found.group(1)) / 1e6:.0f} megapixels, " if found else ""
+        size = f"{_megapixels(int(found.group(1)), max_pixels)} megapixels, " if found else ""
         raise ImageError(
-            f"{name}: image is too large ({size}above the limit of {max_pixels / 1e6:.0f} megapixels); downscale it first"
+            f"{name}: image is too large ({size}above the limit of {max_pixels / 1e6:g} megapixels); downscale it first"
         ) from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file that can be read (PNG, JPEG, GIF, BMP, TIFF, WebP)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow reports truncated/corrupt data as OSError ("image file is truncated").
+        raise ImageError(f"{name}: the image data is broken or truncated: {exc}") from None
+    return _from_pil(img, name, max_pixels)
+
+
+def _from_uint8_array(arr: np.ndarray, name: str, max_pixels: int) -> LoadedImage:
+    if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise ImageError(f"{_EXPECTED}, got {_describe(arr)} (arrays: uint8, H x W x 3 RGB, H x W x 4 RGBA "
+                         "or H x W grayscale)")
+    w, h, dims = _array_dims(arr)
+    _check_size(w, h, name, max_pixels, dims)
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return from_array(arr, name, max_pixels)
+    return _from_pil(Image.fromarray(np.ascontiguousarray(arr)), name, max_pixels)  # mode L or RGBA
+
+
+def _from_pil(img: Image.Image, name: str, max_pixels: int) -> LoadedImage:
+    """The conversions every input goes through, on a decoded (or lazily opened) PIL image."""
+    _check_size(*img.size, name, max_pixels)
+    notes: list[str] = []
+    if getattr(img, "n_frames", 1) > 1:
+        notes.append("first frame of an animated image")
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name}: the image data is broken or truncated: {exc}") from None
 
     if _exif_orientation(img) not in (None, 1):
@@ -148,7 +214,7 @@ def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: 
         if img.mode in ("L", "1"):
             notes.append("grayscale image repeated on three channels")
         img = img.convert("RGB")
-    rgb = np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+    rgb = np.array(img, dtype=np.uint8)  # a copy: never a view of the caller's image
     return LoadedImage(rgb=rgb, name=name, sha256=pixel_hash(rgb), notes=tuple(notes))
 
 
@@ -160,15 +226,31 @@ def _exif_orientation(img: Image.Image) -> int | None:
 
 
 def resolve_under(path: str | Path, roots: list[Path]) -> Path:
-    """Resolve a user-typed path and refuse anything outside the allowed folders."""
-    p = Path(path).expanduser()
-    candidates = [p] if p.is_absolute() else [root / p for root in roots]
-    for cand in candidates:
-        real = cand.resolve()
-        for root in roots:
-            if real.is_relative_to(root.resolve()):
-                if not real.exists():
-                    raise ImageError(f"{path}: no such file under {root}")
-                return real
+    """Resolve a user-typed path and refuse anything outside the allowed folders.
+
+    An absolute path must lie under one of ``roots``; a relative one is tried under each
+    root in order and the first that exists wins. A bad path (a NUL byte, a name too long,
+    a symlink loop...) is an ImageError, never an OSError."""
+    text = str(path)
+    if "\0" in text:
+        raise ImageError(f"{text!r}: the path contains a NUL byte")
+    try:
+        p = Path(path).expanduser()
+        resolved_roots = [root.resolve() for root in roots]
+        candidates = [p] if p.is_absolute() else [root / p for root in roots]
+        inside: list[tuple[Path, Path]] = []  # (resolved candidate, its root), in the order tried
+        for cand in candidates:
+            real = cand.resolve()
+            for root, real_root in zip(roots, resolved_roots):
+                if real.is_relative_to(real_root):
+                    if real.exists():
+                        return real
+                    inside.append((real, root))
+                    break
+    except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: a symlink loop before 3.13
+        raise ImageError(f"{text}: cannot be resolved: {getattr(exc, 'strerror', None) or exc}") from None
+    if inside:
+        folders = ", ".join(str(root) for _, root in inside)
+        raise ImageError(f"{text}: no such file under {folders}")
     allowed = ", ".join(str(r) for r in roots)
-    raise ImageError(f"{path}: outside the allowed folders ({allowed})")
+    raise ImageError(f"{text}: outside the allowed folders ({allowed})")

@@ -6,7 +6,7 @@ from helpers import encode as _encode
 from helpers import png_header_only as _png_header_only
 from PIL import Image
 
-from cam_core import MAX_PIXELS, ImageError, load_image
+from cam_core import MAX_PIXELS, ImageError, from_array, load_image
 from cam_core.images import resolve_under
 
 
@@ -101,3 +101,103 @@ def test_paths_outside_allowed_folders_are_refused(tmp_path):
         resolve_under("../../etc/passwd", [inside])
     with pytest.raises(ImageError, match="outside the allowed folders"):
         resolve_under("/etc/hostname", [inside])
+
+
+# ----- what load_image accepts -----------------------------------------------------------------
+
+
+def test_load_image_accepts_pil_images_with_the_same_conversions():
+    rgb = (np.arange(6 * 8 * 3) % 251).astype(np.uint8).reshape(6, 8, 3)
+    pil = Image.fromarray(rgb)
+    img = load_image(pil)
+    assert np.array_equal(img.rgb, rgb) and img.sha256 == load_image(_encode(pil, "PNG"), "a.png").sha256
+    # 16-bit grayscale scaled (not clipped), alpha composited on white, palette transparency
+    deep = Image.fromarray(np.array([[0, 32896, 65535, 1000]], dtype=np.uint16).repeat(4, 0))
+    assert list(load_image(deep).rgb[0, :, 0]) == [0, 128, 255, 4]
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 255))
+    rgba.putpixel((0, 0), (0, 0, 0, 0))
+    out = load_image(rgba, "alpha")
+    assert tuple(out.rgb[0, 0]) == (255, 255, 255) and tuple(out.rgb[1, 1]) == (255, 0, 0)
+    assert out.name == "alpha" and any("transparent" in n for n in out.notes)
+    assert rgba.mode == "RGBA" and rgba.getpixel((0, 0)) == (0, 0, 0, 0)  # the caller's image is untouched
+    # an opened (lazy) file keeps its name and its EXIF rotation
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    import io
+
+    opened = Image.open(io.BytesIO(_encode(Image.fromarray(arr), "JPEG", quality=95, exif=exif)))
+    assert load_image(opened).rgb.shape == (40, 20, 3)
+
+
+def test_load_image_accepts_uint8_arrays_and_byte_buffers(tmp_path):
+    rgb = (np.arange(5 * 7 * 3) % 251).astype(np.uint8).reshape(5, 7, 3)
+    assert np.array_equal(load_image(rgb).rgb, rgb)
+    gray = np.full((5, 7), 77, np.uint8)
+    img = load_image(gray, "gray")
+    assert img.rgb.shape == (5, 7, 3) and (img.rgb == 77).all() and any("grayscale" in n for n in img.notes)
+    data = _encode(Image.fromarray(rgb), "PNG")
+    assert np.array_equal(load_image(bytearray(data)).rgb, rgb)
+    assert np.array_equal(load_image(memoryview(data)).rgb, rgb)
+    (tmp_path / "x.png").write_bytes(data)
+    assert np.array_equal(load_image(str(tmp_path / "x.png")).rgb, rgb)
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((4, 4, 3), np.float32), np.zeros((4, 4, 3), np.uint16), np.zeros((4, 4, 2), np.uint8),
+    np.zeros(7, np.uint8), [1, 2, 3], None, 5, 3.5,
+])
+def test_load_image_refuses_anything_else_clearly(bad):
+    with pytest.raises(ImageError, match=r"expected a path, bytes, PIL image or H x W x 3 uint8 array, got "):
+        load_image(bad)
+
+
+def test_from_array_refuses_empty_and_oversized_arrays():
+    for shape in ((0, 0, 3), (0, 5, 3), (5, 0, 3)):
+        with pytest.raises(ImageError, match="no pixels"):
+            from_array(np.zeros(shape, np.uint8))
+    # a view, so the test allocates nothing: refused before any copy or hash
+    big = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (8001, 5000, 3))
+    with pytest.raises(ImageError, match=r"8001 x 5000 \(H x W\) is 40.005 megapixels, above the limit of 40 megapixels"):
+        from_array(big)
+    with pytest.raises(ImageError, match="no pixels"):
+        load_image(np.zeros((0, 3), np.uint8))
+
+
+def test_the_40_megapixel_limit_is_exact_and_its_message_is_honest():
+    # exactly 40 MP passes the size check (its fake pixel data then fails to decode)
+    with pytest.raises(ImageError) as exc:
+        load_image(_png_header_only(8000, 5000), "exact.png")
+    assert "megapixels" not in str(exc.value) and "broken or truncated" in str(exc.value)
+    # one column more is refused for its size, and the number shown is above the limit
+    with pytest.raises(ImageError, match=r"8001x5000 is 40.005 megapixels, above the limit of 40 megapixels"):
+        load_image(_png_header_only(8001, 5000), "over.png")
+    with pytest.raises(ImageError, match=r"20x20 is 0.0004 megapixels, above the limit of 0.0001 megapixels"):
+        load_image(Image.new("RGB", (20, 20)), "small.png", max_pixels=100)
+
+
+# ----- resolve_under -----------------------------------------------------------------------------
+
+
+def test_relative_name_is_tried_under_every_allowed_folder_in_order(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    png = _encode(Image.new("RGB", (4, 4)), "PNG")
+    (b / "only_b.png").write_bytes(png)
+    (a / "both.png").write_bytes(png)
+    (b / "both.png").write_bytes(png)
+    assert resolve_under("only_b.png", [a, b]) == (b / "only_b.png").resolve()
+    assert resolve_under("both.png", [a, b]) == (a / "both.png").resolve()
+    with pytest.raises(ImageError, match=r"nowhere\.png: no such file under .*a.*, .*b"):
+        resolve_under("nowhere.png", [a, b])
+
+
+@pytest.mark.parametrize("typed,msg", [
+    ("x\0.png", "NUL"),
+    ("a" * 300 + ".png", "File name too long"),
+])
+def test_resolve_under_turns_bad_paths_into_image_errors(tmp_path, typed, msg):
+    with pytest.raises(ImageError, match=msg):
+        resolve_under(typed, [tmp_path])
