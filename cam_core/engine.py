@@ -169,12 +169,23 @@ class ForwardPass:
     def features_at(self, scale: float = 1.0, flip: bool = False) -> torch.Tensor:
         """Head-input features (C x h x w) of the input resized by `scale` (and mirrored,
         then mirrored back, if `flip`): the multi-scale inputs of LPCAM. Cached."""
-        if scale != 1.0 and self.backbone.fixed_input_size:
-            h, w = self.backbone.input_size
-            raise MethodError(f"{self.backbone.name} takes {h} x {w} inputs only: no features at scale {scale:g} "
-                              "(multi-scale needs a CNN or a ViT built with dynamic_img_size)")
+        if scale == 1.0 and not flip and self.head_features is not None:
+            return self.head_features
+        return self.stages_at(scale, flip)[FEATURES]
 
-        def compute() -> torch.Tensor:
+    def stages_at(self, scale: float = 1.0, flip: bool = False) -> dict[str, torch.Tensor]:
+        """SIPE's stages and the head-input features (name -> C x h x w) of the input resized
+        by `scale` (mirrored, then mirrored back, if `flip`), from one inference forward
+        (tapped for this call only). Cached per (scale, flip)."""
+        bb = self.backbone
+        if scale != 1.0 and bb.fixed_input_size:
+            h, w = bb.input_size
+            raise MethodError(f"{bb.name} takes {h} x {w} inputs only: no features at scale {scale:g} "
+                              "(multi-scale needs a CNN or a ViT built with dynamic_img_size)")
+        if scale == 1.0 and not flip and all(n in self.stages for n in bb.stage_layers):
+            return self.stages  # the shared forward kept them
+
+        def compute() -> dict[str, torch.Tensor]:
             x = self.input
             if scale != 1.0:
                 h, w = x.shape[-2:]
@@ -182,11 +193,18 @@ class ForwardPass:
                 x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
             if flip:
                 x = x.flip(-1)
-            with torch.inference_mode():
-                feats = self.backbone.to_spatial(self.backbone.model.forward_features(x))
-            return feats.flip(-1) if flip else feats
+            kept: dict[str, torch.Tensor] = {}
 
-        return self.memo(("features_at", round(scale, 4), bool(flip)), compute)
+            def keep(name, out):
+                kept.setdefault(name, out)
+
+            names = [n for n in bb.stage_layers if n != FEATURES]
+            with Tap(bb.model, names, keep), torch.inference_mode():
+                kept[FEATURES] = bb.model.forward_features(x)
+            out = {name: bb.to_spatial(t) for name, t in kept.items()}
+            return {name: t.flip(-1) for name, t in out.items()} if flip else out
+
+        return self.memo(("stages_at", round(scale, 4), bool(flip)), compute)
 
     def gradient(self, target: int) -> torch.Tensor:
         """d logit_target / d activations (C x h x w), computed once per class. Concurrent
@@ -422,13 +440,13 @@ class Explainer:
         self._count("maps", f"maps:{spec.name}")
         return CamResult(
             method=spec.name,
-            label=spec.label,
+            label=out.label or spec.label,
             target=key_target,
             target_name=self.backbone.short_name(target) if spec.class_specific else "class-agnostic",
             map=raw,
             ms=ms,
             layer=layer,
-            approximate=spec.approximate or (NEEDS_HEAD in spec.needs and not self.backbone.cam_exact),
+            approximate=spec.approximate or out.approximate or (NEEDS_HEAD in spec.needs and not self.backbone.cam_exact),
             params=tuple(sorted(resolved.items())),
             note=out.note,
             extras=dict(out.extras),

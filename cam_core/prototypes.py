@@ -220,13 +220,17 @@ class PrototypeBank:
         rank: int = 5,
         use_bias: bool = False,
         seed: int = 0,
+        context_rank: int = 0,
     ) -> Selection:
         """Cluster, then let the classifier choose. rule='softmax' is the paper's: class
         prototypes have p(c|z) > mu_f, context prototypes mu_low < p(c|z) < mu_b. A 1000-class
         head spreads p over near-synonyms (tabby / tiger cat / Egyptian cat) and gives every
         background centre p < 0.05, so that rule keeps ~nothing there; rule='rank' keeps as class
         prototypes the centres that rank the class within their top `rank` classes and as
-        context all the others. rule='auto': softmax for heads of <= 100 classes, else rank.
+        context the others that still rank the class within their top `context_rank` (this
+        project's lower bound, the rank rule's mu_low: a centre that hardly relates to the class
+        is no context of it; 0 = no bound). rule='auto': softmax for heads of <= 100 classes,
+        else rank.
         If no centre qualifies, the best one is kept and the note says so."""
         if rule not in SELECTION_RULES:
             raise BankError(f"selection rule must be one of {SELECTION_RULES}, got {rule!r}")
@@ -240,8 +244,13 @@ class PrototypeBank:
             bg_sel = (bg_prob > mu_low) & (bg_prob < mu_b)
         else:
             fg_sel = class_ranks(fg.centers, backbone, target, use_bias) <= rank
-            bg_sel = class_ranks(bg.centers, backbone, target, use_bias) > rank if bg else bg_prob > 1
-        note = f"{rule} rule"
+            if bg:
+                bg_rank = class_ranks(bg.centers, backbone, target, use_bias)
+                bg_sel = (bg_rank > rank) & ((bg_rank <= context_rank) if context_rank > 0 else True)
+            else:
+                bg_sel = bg_prob > 1
+        note = f"{rule} rule" + (f" (context within the top {context_rank}: this project's variant)"
+                                 if rule == "rank" and context_rank > 0 else "")
         if not fg_sel.any():
             fg_sel = torch.zeros_like(fg_sel)
             fg_sel[fg_prob.argmax()] = True

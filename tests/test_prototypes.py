@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from helpers import SAMPLES, color_backbone
 
 from cam_core import Cancelled, Explainer, from_array, load_image, normalize
-from cam_core.methods.sipe import iou_seeds
+from cam_core.methods.sipe import hierarchical_features, iou_seeds
 from cam_core.prototypes import BankError, PrototypeBank, build_bank, folder_items
 
 # Class 0 is told apart by RED only (weight 4); GREEN adds a little (weight 1); BLUE is class 1.
@@ -28,7 +28,7 @@ def test_lpcam_covers_the_co_occurring_part_cam_only_the_discriminative_one():
     ex = Explainer(color_backbone(HEAD_BODY_W))
     img = head_body_image()
     cam = normalize(ex.compute(img, "cam", 0).map, "max")
-    lp = ex.compute(img, "lpcam", 0, params={"k": 2, "tau": 0.1, "mu_f": 0.7})
+    lp = ex.compute(img, "lpcam", 0, params={"k": 2, "tau": 0.1, "mu_f": 0.7, "multiscale": False})
     lpm = normalize(lp.map, "max")
     head, body, bg = (slice(2, 10), slice(8, 24)), (slice(12, 30), slice(4, 28)), (slice(0, 2), slice(0, 32))
     # CAM: head 1, body 0.25, background 0
@@ -44,7 +44,7 @@ def test_lpcam_covers_the_co_occurring_part_cam_only_the_discriminative_one():
 
 def test_lpcam_paper_threshold_drops_the_body_and_says_why():
     ex = Explainer(color_backbone(HEAD_BODY_W))
-    lp = ex.compute(head_body_image(), "lpcam", 0, params={"k": 2, "tau": 0.1})  # mu_f = 0.9
+    lp = ex.compute(head_body_image(), "lpcam", 0, params={"k": 2, "tau": 0.1, "multiscale": False})  # mu_f = 0.9
     assert int(lp.extras["selection"].fg_selected.sum()) == 1
     assert "softmax rule" in lp.note
     assert normalize(lp.map, "max")[12:30, 4:28].max() == pytest.approx(0.0, abs=1e-6)
@@ -59,7 +59,7 @@ def test_context_prototypes_are_subtracted():
     rgb = np.zeros((32, 32, 3), np.uint8)
     rgb[:, :] = (0, 0, 255)
     rgb[4:14, 4:14] = (255, 0, 128)
-    lp = ex.compute(from_array(rgb), "lpcam", 0, params={"k": 1, "tau": 0.5, "rule": "softmax"})
+    lp = ex.compute(from_array(rgb), "lpcam", 0, params={"k": 1, "tau": 0.5, "rule": "softmax", "multiscale": False})
     sel = lp.extras["selection"]
     assert len(sel.context_prototypes) == 1
     assert float(sel.bg_prob[0]) == pytest.approx(torch.softmax(torch.tensor([1.5, 3.0]), 0)[0].item(), abs=1e-4)
@@ -97,8 +97,23 @@ def test_sipe_iou_seed_rule_by_hand():
 
 def test_is_cam_is_cosine_to_the_seed_mean_prototype(resnet18, cat):
     ex = Explainer(resnet18)
-    res = ex.compute(cat, "sipe")
+    res = ex.compute(cat, "sipe", params={"multiscale": False})
     hie, seeds = res.extras["hierarchical"], res.extras["seeds"]
+    # as the official inference: the image's and its mirror's hierarchical features, summed
+    x = ex.forward(cat).input
+    by_hand = []
+    for flip in (False, True):
+        stages = {}
+        hooks = [resnet18.model.get_submodule(n).register_forward_hook(
+            lambda m, i, o, n=n: stages.__setitem__(n, o)) for n in resnet18.stage_layers[:-1]]
+        with torch.no_grad():
+            feats = resnet18.model.forward_features(x.flip(-1) if flip else x)
+        for h in hooks:
+            h.remove()
+        parts = [stages[n][0] for n in resnet18.stage_layers[:-1]] + [feats[0]]
+        one = hierarchical_features([p.flip(-1) if flip else p for p in parts])
+        by_hand.append(one)
+    torch.testing.assert_close(hie, by_hand[0] + by_hand[1], rtol=1e-4, atol=1e-5)
     assert hie.shape[-2:] == seeds.shape == (14, 14)  # the stride-16 grid
     flat = hie.reshape(hie.shape[0], -1)
     fg = seeds.reshape(-1) == 1
@@ -110,9 +125,17 @@ def test_is_cam_is_cosine_to_the_seed_mean_prototype(resnet18, cat):
 
 
 def test_sipe_on_vit_and_lite(deit, lite0, cat):
-    for bb in (deit, lite0):
-        res = Explainer(bb).compute(cat, "sipe")
-        assert res.map.shape == (14, 14) and torch.isfinite(res.map).all()
+    # a ViT built for one input size keeps it (one scale, and says so); a CNN runs the
+    # official four scales with mirrors, summed at the input size
+    res = Explainer(deit).compute(cat, "sipe")
+    assert res.map.shape == (14, 14) and torch.isfinite(res.map).all()
+    assert "one input size" in res.note
+    ex = Explainer(lite0)
+    res = ex.compute(cat, "sipe")
+    assert res.map.shape == (224, 224) and torch.isfinite(res.map).all() and "4 scales" in res.note
+    scaled = {k[1:] for k in ex.forward(cat)._memo.keys() if k[0] == "stages_at"}
+    assert scaled == {(s, f) for s in (1.0, 0.5, 1.5, 2.0) for f in (False, True)} - {(1.0, False)}
+    torch.testing.assert_close(res.map, res.extras["is_cam"][1])
 
 
 # ----- the bank ------------------------------------------------------------------------------
@@ -162,7 +185,7 @@ def test_build_save_load_round_trip(tmp_path, lite0):
     own = ex.compute(cat, "lpcam", 281, params={"k": 4})
     ex.set_bank(again)
     banked = ex.compute(cat, "lpcam", 281, params={"k": 4})
-    assert banked.extras["bank"] == "pets" and own.extras["bank"] == "this image"
+    assert banked.extras["bank"] == "pets" and own.extras["bank"] == "this image's pixels"
 
 
 def test_bank_for_another_backbone_is_refused(tmp_path, lite0, resnet18):
@@ -196,14 +219,44 @@ def test_multiscale_uses_four_scales_with_flips(lite0, cat):
     ex = Explainer(lite0)
     res = ex.compute(cat, "lpcam", params={"multiscale": True})
     fwd = ex.forward(cat)
-    assert len([k for k in fwd._memo.keys() if k[0] == "features_at"]) == 8 and res.map.shape == (224, 224)
+    # 4 scales x (image, mirror): the unscaled image's features come from the shared forward
+    scaled = {k[1:] for k in fwd._memo.keys() if k[0] == "stages_at"}
+    assert scaled == {(s, f) for s in (1.0, 0.5, 1.5, 2.0) for f in (False, True)} - {(1.0, False)}
+    assert res.map.shape == (224, 224)
 
 
-def test_multiscale_on_a_fixed_size_vit_is_a_clear_error(deit, cat):
+def test_a_fixed_size_vit_keeps_its_one_input_size_and_says_so(deit, cat):
     from cam_core.methods import MethodError
 
     ex = Explainer(deit)
     assert deit.fixed_input_size
+    res = ex.compute(cat, "lpcam")  # the paper's multi-scale default: one scale here, said in the note
+    assert res.map.shape == (14, 14) and "this ViT takes one input size" in res.note
     with pytest.raises(MethodError, match="takes 224 x 224 inputs only"):
-        ex.compute(cat, "lpcam", params={"multiscale": True})
-    assert ex.compute(cat, "lpcam").map.shape == (14, 14)  # single scale still works
+        ex.forward(cat).features_at(2.0)  # what the Feature space page would ask for
+
+
+def test_lpcam_from_this_images_pixels_is_labelled_approximate(lite0, cat, tmp_path):
+    ex = Explainer(lite0)
+    own = ex.compute(cat, "lpcam", params={"multiscale": False})
+    assert own.label == "LPCAM (this image's pixels)" and own.approximate
+    n_fg, n_bg = own.extras["bank_pixels"]
+    assert n_fg + n_bg == 49 and f"{n_fg} foreground and {n_bg} context pixels" in own.note  # the 7 x 7 grid
+    assert "1 scale (the official code: 4 scales + mirrors)" in own.note
+    bank = build_bank(ex, [(cat, 281), (load_image(SAMPLES / "dog.jpg"), 281)], name="two").bank
+    banked = ex.compute(cat, "lpcam", 281, params={"multiscale": False}, bank=bank)
+    assert banked.label == "LPCAM" and not banked.approximate and "bank: two (2 images" in banked.note
+
+
+def test_rank_rule_context_lower_bound(lite0, cat):
+    """context_rank keeps as context only the non-class centres that still rank the class
+    within their top N: a subset of the unbounded rule's context, by the ranks themselves."""
+    from cam_core.prototypes import class_ranks
+
+    ex = Explainer(lite0)
+    common = {"multiscale": False, "rule": "rank", "rank": 5}
+    free = ex.compute(cat, "lpcam", params={**common, "context_rank": 0}).extras["selection"]
+    bound = ex.compute(cat, "lpcam", params={**common, "context_rank": 50}).extras["selection"]
+    ranks = class_ranks(free.bg.centers, lite0, int(ex.targets(cat)[0]), False)
+    assert torch.equal(free.bg_selected, ranks > 5)
+    assert torch.equal(bound.bg_selected, (ranks > 5) & (ranks <= 50))

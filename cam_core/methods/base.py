@@ -67,6 +67,8 @@ class MethodOutput:
     map: torch.Tensor
     extras: dict = field(default_factory=dict)
     note: str = ""
+    label: str | None = None  # overrides the method's label, e.g. "LPCAM (this image's pixels)"
+    approximate: bool = False  # this run departs from the paper (the spec may say so for every run)
 
 
 @dataclass(frozen=True)

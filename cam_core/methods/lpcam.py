@@ -9,19 +9,23 @@ from ..prototypes import image_bank, lpcam_map
 from .base import NEEDS_BANK, NEEDS_HEAD, MethodContext, MethodOutput, MethodSpec, Param, register
 
 SCALES = (1.0, 0.5, 1.5, 2.0)  # the official inference scales, each with its mirror image
+CONTEXT_RANK = 0  # rank rule's lower bound for context prototypes (0 = none); see bench/lpcam_context_rank.py
 
 
 def lpcam(ctx: MethodContext, target: int, k: int = 12, tau: float = 0.1, mu_f: float = 0.9, mu_b: float = 0.9,
-          mu_low: float = 0.05, rule: str = "auto", rank: int = 5, use_bias: bool = False,
-          multiscale: bool = False) -> MethodOutput:
+          mu_low: float = 0.05, rule: str = "auto", rank: int = 5, context_rank: int = CONTEXT_RANK,
+          use_bias: bool = False, multiscale: bool = True) -> MethodOutput:
     bb = ctx.backbone
     bank = ctx.bank
-    if bank is None or target not in bank.classes:
-        source = "this image" if bank is None else f"this image ({bank.name} has no class {target})"
+    own = bank is None or target not in bank.classes
+    if own:
+        source = "this image's pixels" if bank is None else f"this image's pixels ({bank.name} has no class {target})"
         bank = ctx.fwd.memo(("image_bank", target), lambda: image_bank(ctx.fwd, target, bb))
     else:
         source = bank.name
-    sel = bank.select(bb, target, k, tau, mu_f, mu_b, mu_low, rule, rank, use_bias)
+    sel = bank.select(bb, target, k, tau, mu_f, mu_b, mu_low, rule, rank, use_bias, context_rank=context_rank)
+    fixed = bb.fixed_input_size  # a ViT built for one input size keeps it
+    multiscale = multiscale and not fixed
     if not multiscale:
         out = lpcam_map(ctx.fwd.head_features, sel)
     else:
@@ -34,9 +38,16 @@ def lpcam(ctx: MethodContext, target: int, k: int = 12, tau: float = 0.1, mu_f: 
             m = lpcam_map(feats, sel)
             maps.append(F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0])
         out = torch.stack(maps).mean(dim=0)
-    note = f"bank: {source}; {sel.note}; {int(sel.fg_selected.sum())}/{len(sel.fg_prob)} class and " \
-           f"{int(sel.bg_selected.sum())}/{len(sel.bg_prob)} context prototypes"
-    return MethodOutput(out, {"selection": sel, "bank": source}, note)
+    n_images = len(bank.images)
+    note = (f"bank: {source} ({n_images} image{'s' if n_images != 1 else ''}, {sel.n_fg} foreground and "
+            f"{sel.n_bg} context pixels at tau {tau:g}); {sel.note}; {int(sel.fg_selected.sum())}/{len(sel.fg_prob)} "
+            f"class and {int(sel.bg_selected.sum())}/{len(sel.bg_prob)} context prototypes; "
+            + ("4 scales x (image + mirror), as the official code" if multiscale else
+               "1 scale" + ("; this ViT takes one input size, the official code uses 4 scales + mirrors"
+                            if fixed else " (the official code: 4 scales + mirrors)")))
+    # The paper clusters a class's pixels over a whole training set: one image's are a stand-in.
+    return MethodOutput(out, {"selection": sel, "bank": source, "bank_pixels": (sel.n_fg, sel.n_bg)}, note,
+                        label="LPCAM (this image's pixels)" if own else None, approximate=own)
 
 
 register(MethodSpec(
@@ -55,9 +66,12 @@ register(MethodSpec(
               "1000-class heads, whose softmax spreads over near-synonyms). auto: softmax for heads of "
               "<= 100 classes, rank otherwise.", choices=("auto", "softmax", "rank")),
         Param("rank", 5, "rank rule: how many top classes of a centre count as the class.", 1, 100, 1),
+        Param("context_rank", CONTEXT_RANK, "rank rule, this project's variant of mu_low: context prototypes must "
+              "still rank the class within their top N classes (0 = every non-class centre is context).",
+              0, 1000, 1),
         Param("use_bias", False, "Add the classifier bias when scoring centres (the paper's head has none)."),
-        Param("multiscale", False, "Average scales 1, 0.5, 1.5, 2 with mirror images, as the official code "
-              "(4 x 2 extra forward passes)."),
+        Param("multiscale", True, "Average scales 1, 0.5, 1.5, 2 with mirror images, as the official code "
+              "(7 extra forward passes); off: one scale, faster."),
     ),
     reference="Chen et al., CVPR 2023",
 ))
