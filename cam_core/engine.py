@@ -123,7 +123,7 @@ class ForwardPass:
             if flip:
                 x = x.flip(-1)
             with torch.inference_mode():
-                feats = self.backbone.to_spatial(self.backbone.model.forward_features(x))
+                feats = self.backbone.to_spatial(self.backbone.model.forward_features(x), FEATURES)
             self._scaled[key] = feats.flip(-1) if flip else feats
         return self._scaled[key]
 
@@ -141,7 +141,7 @@ class ForwardPass:
             t0 = time.perf_counter()
             with torch.enable_grad():
                 (grad,) = torch.autograd.grad(self._graph_logits[0, target], self._leaf, retain_graph=True)
-            self._grads[target] = self.backbone.to_spatial(grad)
+            self._grads[target] = self.backbone.to_spatial(grad, self.layer)
             _sync(self.input.device)
             self.gradient_ms[target] = (time.perf_counter() - t0) * 1000
         return self._grads[target]
@@ -239,7 +239,7 @@ class Explainer:
                     tap.leaf = feats.detach().requires_grad_(True)
                     feats = tap.leaf.clone()
                 logits = bb.model.forward_head(feats)
-                head_features = bb.to_spatial(feats.detach())
+                head_features = bb.to_spatial(feats.detach(), FEATURES)
             else:
                 logits = bb.model(x)
                 head_features = None
@@ -248,12 +248,12 @@ class Explainer:
         if tap.leaf is None:
             raise LayerError(f"layer '{layer}' was not reached by the forward pass")
         try:
-            activations = bb.to_spatial(tap.leaf.detach())
+            activations = bb.to_spatial(tap.leaf.detach(), layer)
         except BackboneError as exc:
             raise LayerError(str(exc)) from None
         self.stats["forwards"] += 1
         detached = logits.detach()[0]
-        stages = {name: bb.to_spatial(tap.kept[name]) for name in bb.stage_layers if name in tap.kept}
+        stages = {name: bb.to_spatial(tap.kept[name], name) for name in bb.stage_layers if name in tap.kept}
         attentions = [tap.kept[name][0] for name in bb.attention_layers if name in tap.kept]
         if head_features is not None:
             stages[FEATURES] = head_features
@@ -283,14 +283,7 @@ class Explainer:
     # ----- maps ------------------------------------------------------------------------
     def methods(self) -> list[MethodSpec]:
         """The registered methods this backbone can run."""
-        out = []
-        for spec in METHODS.values():
-            if self.backbone.kind not in spec.kinds:
-                continue
-            if NEEDS_HEAD in spec.needs and not self.backbone.has_head_split:
-                continue
-            out.append(spec)
-        return out
+        return [spec for spec in METHODS.values() if spec.refusal(self.backbone) is None]
 
     def compute(
         self,
@@ -304,8 +297,8 @@ class Explainer:
         bank=None,
     ) -> CamResult:
         spec = get_method(method)
-        if self.backbone.kind not in spec.kinds:
-            raise MethodError(f"{method} does not apply to {self.backbone.kind.upper()} backbones")
+        if (reason := spec.refusal(self.backbone)) is not None:
+            raise MethodError(reason)
         resolved = spec.resolve_params(params)
         layer = self.layer_or_default(layer)
         fwd = self.forward(image, layer)
