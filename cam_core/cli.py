@@ -90,8 +90,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         _fail(str(exc))
         return EXIT_BAD_INPUT
     for m in methods:
-        if backbone.kind not in get_method(m).kinds:
-            _fail(f"method {m} does not apply to {backbone.kind.upper()} backbones")
+        if (reason := get_method(m).refusal(backbone)) is not None:
+            _fail(reason)
             return EXIT_BAD_INPUT
     explainer.warm_up(methods)
     out_dir.mkdir(parents=True, exist_ok=True)
