@@ -102,25 +102,6 @@ def _parse_params(items: list[str], methods: list[str]) -> dict[str, dict]:
     return out
 
 
-def _check_names_file(path: str) -> None:
-    """Refuse a class-names file that is not UTF-8 text, before the backbone is built.
-
-    The library reads it (``backbones._class_names_for``) with ``read_text(encoding="utf-8")``,
-    which raises a bare UnicodeDecodeError; the check belongs there and can move there."""
-    p = Path(path)
-    try:
-        if not p.is_file():
-            return  # the library says that it does not exist
-        p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BackboneError(
-            f"class names file {p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-            "save it as UTF-8, one class name per line"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise BackboneError(f"class names file {p} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
-
-
 def _prepare_out(out_dir: Path, overwrite: bool) -> list[Path]:
     """Check --out before any work and create it. Returns the folders this created
     (outermost first), to remove again if the run stops before writing anything."""
@@ -233,15 +214,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         out_dir = Path(args.out)
         if args.target not in (None, "auto") and args.target.lower().startswith("top") and args.target.lower() not in ("top1", "top-1"):
             raise TargetError("the CLI explains one class per image: use --target N, a class name, or auto")
-        if args.class_names:
-            _check_names_file(args.class_names)
         created = _prepare_out(out_dir, args.overwrite)
         backbone = load_backbone(
             args.backbone, args.device, checkpoint=args.checkpoint, num_classes=args.num_classes, class_names=args.class_names
         )
         for m in methods:
-            if backbone.kind not in get_method(m).kinds:
-                raise MethodError(f"method {m} does not apply to {backbone.kind.upper()} backbones")
+            if (reason := get_method(m).refusal(backbone)) is not None:
+                raise MethodError(reason)
         explainer = Explainer(backbone)
         if args.bank:
             explainer.set_bank(PrototypeBank.load(args.bank))

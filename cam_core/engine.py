@@ -34,7 +34,7 @@ import torch
 from .backbones import FEATURES, Backbone, BackboneError
 from .images import ImageError, LoadedImage, from_array, load_image
 from .methods import METHODS, MethodError, MethodSpec, get_method
-from .methods.base import NEEDS_ATTENTION, NEEDS_BANK, NEEDS_GRADIENT, NEEDS_HEAD, MethodContext, MethodOutput
+from .methods.base import NEEDS_BANK, NEEDS_GRADIENT, NEEDS_HEAD, MethodContext, MethodOutput
 from .taps import Tap
 from .targets import Prediction, TargetError, resolve_targets, top_predictions
 
@@ -201,7 +201,7 @@ class ForwardPass:
             names = [n for n in bb.stage_layers if n != FEATURES]
             with Tap(bb.model, names, keep), torch.inference_mode():
                 kept[FEATURES] = bb.model.forward_features(x)
-            out = {name: bb.to_spatial(t) for name, t in kept.items()}
+            out = {name: bb.to_spatial(t, name) for name, t in kept.items()}
             return {name: t.flip(-1) for name, t in out.items()} if flip else out
 
         return self.memo(("stages_at", round(scale, 4), bool(flip)), compute)
@@ -214,7 +214,7 @@ class ForwardPass:
             t0 = time.perf_counter()
             with torch.enable_grad():
                 (grad,) = torch.autograd.grad(self._graph_logits[0, target], self._leaf, retain_graph=True)
-            grad = self.backbone.to_spatial(grad)
+            grad = self.backbone.to_spatial(grad, self.layer)
             _sync(self.input.device)
             self.gradient_ms[target] = (time.perf_counter() - t0) * 1000
             return grad
@@ -331,7 +331,7 @@ class Explainer:
                     tapped["leaf"] = feats.detach().requires_grad_(True)
                     feats = tapped["leaf"].clone()
                 logits = bb.model.forward_head(feats)
-                head_features = bb.to_spatial(feats.detach())
+                head_features = bb.to_spatial(feats.detach(), FEATURES)
             else:
                 logits = bb.model(x)
                 head_features = None
@@ -341,13 +341,13 @@ class Explainer:
         if leaf is None:
             raise LayerError(f"layer '{layer}' was not reached by the forward pass")
         try:
-            activations = bb.to_spatial(leaf.detach())
+            activations = bb.to_spatial(leaf.detach(), layer)
         except BackboneError as exc:
             raise LayerError(str(exc)) from None
         self._count("forwards")
         detached = logits.detach()[0]
         kept = tapped["kept"]
-        stages = {name: bb.to_spatial(kept[name]) for name in bb.stage_layers if name in kept}
+        stages = {name: bb.to_spatial(kept[name], name) for name in bb.stage_layers if name in kept}
         attentions = [kept[name][0] for name in bb.attention_layers if name in kept]
         if head_features is not None:
             stages[FEATURES] = head_features
@@ -377,18 +377,7 @@ class Explainer:
     # ----- maps ------------------------------------------------------------------------
     def methods(self) -> list[MethodSpec]:
         """The registered methods this backbone can run."""
-        return [spec for spec in METHODS.values() if self._refusal(spec) is None]
-
-    def _refusal(self, spec: MethodSpec) -> str | None:
-        """Why a method cannot run on this backbone (one sentence), or None."""
-        bb = self.backbone
-        if bb.kind not in spec.kinds:
-            return f"{spec.name} does not apply to {bb.kind.upper()} backbones"
-        if NEEDS_HEAD in spec.needs and not bb.has_head_split:
-            return f"{spec.name} needs the classifier's input features, and {bb.name} has no forward_features/forward_head split"
-        if NEEDS_ATTENTION in spec.needs and not bb.attention_layers:
-            return f"{spec.name} reads attention maps, and {bb.name} has no timm attention blocks"
-        return None
+        return [spec for spec in METHODS.values() if spec.refusal(self.backbone) is None]
 
     def compute(
         self,
@@ -402,9 +391,8 @@ class Explainer:
         bank=None,
     ) -> CamResult:
         spec = get_method(method)
-        refusal = self._refusal(spec)
-        if refusal is not None:
-            raise MethodError(refusal)
+        if (reason := spec.refusal(self.backbone)) is not None:
+            raise MethodError(reason)
         image = as_image(image)
         resolved = spec.resolve_params(params)
         layer = self.layer_or_default(layer)

@@ -64,18 +64,3 @@ class Tap:
             handle.remove()
         self._handles.clear()
 
-
-def module_output_shapes(model: nn.Module, x: torch.Tensor,
-                         keep: Callable[[str, torch.Tensor], bool]) -> dict[str, tuple[int, ...]]:
-    """Shapes of the outputs of every named module for which keep(name, output) holds, from
-    one inference forward of x, in network order (first call of each module)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def record(name, out):
-        if torch.is_tensor(out) and name not in shapes and keep(name, out):
-            shapes[name] = tuple(out.shape)
-
-    modules = {name: m for name, m in model.named_modules() if name}
-    with Tap(model, modules, record), torch.inference_mode():
-        model(x)
-    return shapes

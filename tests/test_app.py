@@ -124,9 +124,9 @@ def test_path_outside_allowed_folders_is_refused(app):
 
 
 def test_offline_hub_backbone_is_a_message_not_a_traceback(app, monkeypatch):
-    from cam_core import backbones
+    from cam_core.backbones.sources import hub
 
-    monkeypatch.setattr(backbones, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda *a, **k: False)
     app.selectbox(key="backbone_choice").set_value("timm hub model (online)…").run()
     assert not app.exception
     assert any("Offline choices" in e.value for e in app.error)

@@ -66,8 +66,10 @@ def test_unknown_backbone_message():
 
 
 def test_hub_offline_fails_fast_with_offline_choices(monkeypatch):
-    monkeypatch.setattr(bbmod, "_hub_reachable", lambda *a, **k: False)
-    monkeypatch.setattr(bbmod, "_hub_cache_file", lambda arch: None)
+    from cam_core.backbones.sources import hub
+
+    monkeypatch.setattr(hub, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(hub, "_hub_cache_file", lambda arch: None)
     t0 = time.perf_counter()
     with pytest.raises(BackboneError, match=r"not reachable.*Offline choices: efficientnet_lite0"):
         load_backbone("resnet50")

@@ -11,7 +11,7 @@ def _attentions(ctx) -> torch.Tensor:
     atts = ctx.fwd.attentions
     if not atts:
         raise MethodError(f"{ctx.backbone.name} gave no attention maps (not a ViT with timm attention blocks)")
-    return torch.stack([a.float() for a in atts])  # L x heads x N x N
+    return ctx.backbone.attentions_in_frame([a.float() for a in atts])  # L x heads x N x N
 
 
 def _token_row(ctx, matrix: torch.Tensor) -> torch.Tensor:

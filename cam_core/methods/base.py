@@ -126,6 +126,19 @@ class MethodSpec:
     def slow(self) -> bool:
         return NEEDS_FORWARDS in self.needs
 
+    def refusal(self, backbone) -> str | None:
+        """Why this method does not apply to `backbone`, as one sentence, or None if it does."""
+        if backbone.kind not in self.kinds:
+            return f"{self.name} does not apply to {backbone.kind.upper()} backbones"
+        if NEEDS_HEAD in self.needs and backbone.head_refusal:
+            return f"{self.label} does not apply to {backbone.name}: {backbone.head_refusal}"
+        if NEEDS_HEAD in self.needs and not backbone.has_head_split:
+            return f"{self.label} does not apply to {backbone.name}: it has no forward_features/forward_head split"
+        if NEEDS_ATTENTION in self.needs and not backbone.attention_layers:
+            return (f"{self.label} does not apply to {backbone.name}: it reads each block's softmax attention over "
+                    "the class and patch tokens, which this model does not have")
+        return None
+
 
 METHODS: dict[str, MethodSpec] = {}
 
