@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cam_core import Explainer, from_array
+from cam_core.backbones.layouts import probe
 from cam_core.engine import Memo
 from cam_core.taps import Tap
 
@@ -57,7 +58,7 @@ def test_threads_see_only_their_own_forward_pass(resnet18):
     the layer probe) in a loop. Every activation, stage, gradient and map must equal the
     one-thread reference. Before taps were per call, about 40% of forwards kept another
     thread's stage tensors."""
-    bb = dataclasses.replace(resnet18, input_size=(96, 96), _layer_shapes=None)
+    bb = dataclasses.replace(resnet18, input_size=(96, 96))
     work = [(job, _images(seed, 4)) for seed, job in enumerate(JOBS)]
     reference = {}
     ref_ex = Explainer(bb)
@@ -68,6 +69,8 @@ def test_threads_see_only_their_own_forward_pass(resnet18):
     shared = Explainer(bb)
     stop = threading.Event()
     errors: list[str] = []
+    probe_input = torch.randn(1, 3, 160, 160)
+    probe_alone = probe(bb.model, probe_input, features_layer="features").shapes
 
     def attacker():
         noise = _images(99, 3)
@@ -78,8 +81,9 @@ def test_threads_see_only_their_own_forward_pass(resnet18):
                 fwd.features_at(2.0)
                 fwd.features_at(0.5, flip=True)
                 other.clear()
-            bb.layer_choices()
-            bb._layer_shapes = None
+            shapes = probe(bb.model, probe_input, features_layer="features").shapes  # the layer probe
+            if shapes != probe_alone:
+                errors.append("the layer probe recorded another thread's shapes")
 
     def worker(layer, methods, images):
         try:
