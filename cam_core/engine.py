@@ -43,6 +43,55 @@ class LayerError(ValueError):
     """A layer name that does not exist or has no spatial output."""
 
 
+class InputSizeError(ValueError):
+    """An input size the backbone cannot take; the message is meant for the user."""
+
+
+INPUT_SIZES = ("default", "2x", "3x", "image")  # what the sidebar and the CLI offer
+MAX_INPUT_SIDE = 1024  # "image": the image's own size, its longer side capped here
+SIZE_MULTIPLE = 32  # "image" sizes are rounded to it, the usual deepest stride
+
+
+def resolve_input_size(spec, image_size: tuple[int, int], backbone: Backbone) -> tuple[int, int]:
+    """(height, width) fed to the model for one image. spec: None or "default" (the model's
+    own), "2x" / "3x" (its multiples, aspect kept), "image" (the image's own size, the longer
+    side at most MAX_INPUT_SIDE, each side a multiple of SIZE_MULTIPLE; CNNs only: a token
+    grid keeps its aspect), an int (square) or (h, w). A ViT built for one input size takes
+    that size only."""
+    h0, w0 = backbone.input_size
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "default", "1x")):
+        return h0, w0
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text.endswith("x") and text[:-1].isdigit():
+            k = int(text[:-1])
+            if not 1 <= k <= 4:
+                raise InputSizeError(f"input size {spec!r}: use 1x to 4x the model's {h0} x {w0}")
+            size = (h0 * k, w0 * k)
+        elif text == "image":
+            if backbone.kind == "vit":
+                raise InputSizeError(f"{backbone.name} is a ViT: its token grid keeps the model's aspect, so the "
+                                     "image's own size is not offered; use 2x or 3x")
+            h, w = image_size
+            scale = min(1.0, MAX_INPUT_SIDE / max(h, w))
+            size = tuple(max(SIZE_MULTIPLE, int(round(v * scale / SIZE_MULTIPLE)) * SIZE_MULTIPLE) for v in (h, w))
+        elif "x" in text and all(p.strip().isdigit() for p in text.split("x", 1)):
+            size = tuple(int(p) for p in text.split("x", 1))
+        else:
+            raise InputSizeError(f"input size {spec!r}: use default, 2x, 3x, image, N or HxW")
+    elif isinstance(spec, int) and not isinstance(spec, bool):
+        size = (spec, spec)
+    elif isinstance(spec, (tuple, list)) and len(spec) == 2 and all(isinstance(v, int) for v in spec):
+        size = (int(spec[0]), int(spec[1]))
+    else:
+        raise InputSizeError(f"input size {spec!r}: use default, 2x, 3x, image, N or (h, w)")
+    if min(size) < 16 or max(size) > 4 * MAX_INPUT_SIDE:
+        raise InputSizeError(f"input size {size[0]} x {size[1]} is outside 16 .. {4 * MAX_INPUT_SIDE} pixels a side")
+    if size != (h0, w0) and backbone.fixed_input_size:
+        raise InputSizeError(f"{backbone.name} takes {h0} x {w0} inputs only (a model built for one input size)")
+    return int(size[0]), int(size[1])
+
+
 class Memo:
     """A thread-safe get-or-compute cache, optionally bounded (least recently used first out).
     Each key is computed once: a concurrent caller of a key in flight waits for it; if that
@@ -235,6 +284,8 @@ class CamResult:
     params: tuple = ()
     note: str = ""
     extras: dict = field(default_factory=dict)  # method-specific results (e.g. SIPE's seeds)
+    input_size: tuple[int, int] = (0, 0)  # (h, w) the image was resized to for the model
+    grid: tuple[int, int] = (0, 0)  # (h, w) of the features the method read (its resolution)
 
 
 def _sync(device: torch.device) -> None:
@@ -290,13 +341,16 @@ class Explainer:
     def layer_or_default(self, layer: str | None) -> str:
         return layer or self.backbone.default_layer
 
-    def forward(self, image, layer: str | None = None) -> ForwardPass:
+    def forward(self, image, layer: str | None = None, input_size=None) -> ForwardPass:
+        """The cached forward pass of `image` at `layer` (None: the backbone's default) and
+        input size (see resolve_input_size; None: the model's own)."""
         image = as_image(image)
         layer = self.layer_or_default(layer)
+        size = resolve_input_size(input_size, image.size, self.backbone)
         with self._priority.interactive():
-            return self._forwards.get((image.sha256, layer), lambda: self._run_forward(image, layer))
+            return self._forwards.get((image.sha256, layer, size), lambda: self._run_forward(image, layer, size))
 
-    def _run_forward(self, image: LoadedImage, layer: str) -> ForwardPass:
+    def _run_forward(self, image: LoadedImage, layer: str, size: tuple[int, int]) -> ForwardPass:
         bb = self.backbone
         if layer == FEATURES and not bb.has_head_split:
             raise LayerError(f"{bb.name} has no forward_features/forward_head split; name a layer")
@@ -322,7 +376,7 @@ class Explainer:
         except AttributeError as exc:
             missing = next(n for n in names if not _has_module(bb.model, n))
             raise LayerError(f"the model has no layer named '{missing}'") from exc
-        x = bb.preprocess(image.rgb)
+        x = bb.preprocess(image.rgb, size)
         t0 = time.perf_counter()
         with torch.enable_grad(), Tap(bb.model, modules, on_output):
             if bb.has_head_split:
@@ -367,12 +421,12 @@ class Explainer:
         )
 
     # ----- predictions and targets -----------------------------------------------------
-    def predict(self, image, k: int = 5) -> list[Prediction]:
-        fwd = self.forward(image)
+    def predict(self, image, k: int = 5, input_size=None) -> list[Prediction]:
+        fwd = self.forward(image, input_size=input_size)
         return top_predictions(fwd.probs, self.backbone, k)
 
-    def targets(self, image, target=None) -> list[int]:
-        return resolve_targets(target, self.forward(image).probs, self.backbone)
+    def targets(self, image, target=None, input_size=None) -> list[int]:
+        return resolve_targets(target, self.forward(image, input_size=input_size).probs, self.backbone)
 
     # ----- maps ------------------------------------------------------------------------
     def methods(self) -> list[MethodSpec]:
@@ -389,6 +443,7 @@ class Explainer:
         progress: Callable[[int, int], None] | None = None,
         cancel: Callable[[], bool] | None = None,
         bank=None,
+        input_size=None,
     ) -> CamResult:
         spec = get_method(method)
         if (reason := spec.refusal(self.backbone)) is not None:
@@ -396,7 +451,7 @@ class Explainer:
         image = as_image(image)
         resolved = spec.resolve_params(params)
         layer = self.layer_or_default(layer)
-        fwd = self.forward(image, layer)
+        fwd = self.forward(image, layer, input_size)
         target = resolve_targets(int(fwd.probs.argmax()) if target is None else target, fwd.probs, self.backbone)
         if len(target) != 1:
             raise TargetError(f"compute explains one class at a time, got {len(target)}; use explain() for several")
@@ -407,7 +462,8 @@ class Explainer:
         elif NEEDS_BANK in spec.needs:
             bank.check_fits(self.backbone)
         bank_key = (bank.key if bank is not None else "image") if NEEDS_BANK in spec.needs else None
-        key = (image.sha256, layer, method, key_target, tuple(sorted(resolved.items())), bank_key)
+        key = (image.sha256, layer, tuple(fwd.input.shape[-2:]), method, key_target, tuple(sorted(resolved.items())),
+               bank_key)
         return self._maps.get(key, lambda: self._run_method(spec, fwd, target, key_target, resolved, layer,
                                                                progress, cancel, bank))
 
@@ -438,6 +494,9 @@ class Explainer:
             params=tuple(sorted(resolved.items())),
             note=out.note,
             extras=dict(out.extras),
+            input_size=tuple(int(v) for v in fwd.input.shape[-2:]),
+            grid=tuple(int(v) for v in (fwd.head_features if NEEDS_HEAD in spec.needs and fwd.head_features is not None
+                                        else fwd.activations).shape[-2:]),
         )
 
     def explain(
@@ -450,21 +509,23 @@ class Explainer:
         progress: Callable[[str, int, int], None] | None = None,
         cancel: Callable[[], bool] | None = None,
         bank=None,
+        input_size=None,
     ) -> dict[int, dict[str, CamResult]]:
         """Maps for every (target, method): `image` as in as_image, `methods` a name or a list,
-        target as in resolve_targets (None = top-1, an index, a class-name query, or 'top3')."""
+        target as in resolve_targets (None = top-1, an index, a class-name query, or 'top3'),
+        input_size as in resolve_input_size."""
         image = as_image(image)
         if isinstance(methods, str):
             methods = [methods]
         for m in methods:
             get_method(m)
-        targets = self.targets(image, target)
+        targets = self.targets(image, target, input_size)
         out: dict[int, dict[str, CamResult]] = {}
         for t in targets:
             out[t] = {}
             for m in methods:
                 cb = (lambda done, total, m=m: progress(m, done, total)) if progress else None
-                out[t][m] = self.compute(image, m, t, layer, (params or {}).get(m), cb, cancel, bank)
+                out[t][m] = self.compute(image, m, t, layer, (params or {}).get(m), cb, cancel, bank, input_size)
         return out
 
     def warm_up(self, methods: list[str] | None = None) -> None:
@@ -509,5 +570,5 @@ def _has_module(model: torch.nn.Module, name: str) -> bool:
         return False
 
 
-__all__ = ["Explainer", "ForwardPass", "CamResult", "LayerError", "Memo", "MethodContext", "MethodOutput",
-           "TargetError", "as_image"]
+__all__ = ["Explainer", "ForwardPass", "CamResult", "INPUT_SIZES", "InputSizeError", "LayerError", "Memo",
+           "MethodContext", "MethodOutput", "TargetError", "as_image", "resolve_input_size"]

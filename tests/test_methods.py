@@ -340,3 +340,30 @@ def test_explain_takes_what_a_notebook_user_passes(resnet18, cat, tmp_path):
         ex.explain([1, 2, 3], "gradcam")
     with pytest.raises(MethodError, match="unknown method 'g'"):
         ex.explain(cat, ["g"])
+
+
+def test_input_sizes(lite0, deit, cat):
+    """default, 2x, 3x, the image's own size (capped, multiples of 32), and refusals: a ViT
+    built for one size keeps it, a ViT's grid keeps its aspect."""
+    from cam_core.engine import MAX_INPUT_SIDE, InputSizeError, resolve_input_size
+
+    assert resolve_input_size(None, cat.size, lite0) == (224, 224)
+    assert resolve_input_size("2x", cat.size, lite0) == (448, 448)
+    assert resolve_input_size("image", (300, 451), lite0) == (288, 448)
+    assert resolve_input_size("image", (5000, 8000), lite0) == (640, MAX_INPUT_SIDE)
+    assert resolve_input_size((96, 128), cat.size, lite0) == (96, 128)
+    for bad in ("9x", "huge", (1, 2, 3), True, 4):
+        with pytest.raises(InputSizeError):
+            resolve_input_size(bad, cat.size, lite0)
+    with pytest.raises(InputSizeError, match="224 x 224 inputs only"):
+        resolve_input_size("2x", cat.size, deit)
+    ex = Explainer(lite0)
+    base = ex.compute(cat, "gradcam")
+    big = ex.compute(cat, "gradcam", base.target, input_size="2x")
+    own = ex.compute(cat, "cam", base.target, input_size="image")
+    assert base.map.shape == base.grid == (7, 7) and base.input_size == (224, 224)
+    assert big.map.shape == big.grid == (14, 14) and big.input_size == (448, 448)
+    assert own.map.shape == (9, 14) and own.input_size == (288, 448)
+    assert ex.stats["forwards"] == 3  # one per size, cached apart
+    assert ex.compute(cat, "gradcam", base.target, input_size="2x") is big
+    assert ex.predict(cat, 5, "2x")[0].index == ex.forward(cat, input_size="2x").probs.argmax()

@@ -263,10 +263,12 @@ class Backbone:
         return self.class_name(index).split(",")[0].strip()
 
     # ----- tensors ---------------------------------------------------------------------
-    def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
-        """Resize the WHOLE image to the model's input size (no centre crop: every pixel gets
-        a value in the map), scale to [0,1], normalise. Returns 1x3xHxW on the device."""
-        h, w = self.input_size
+    def preprocess(self, rgb: np.ndarray, size: tuple[int, int] | None = None,
+                   device: str | torch.device | None = None) -> torch.Tensor:
+        """Resize the WHOLE image to `size` (default: the model's input size; no centre crop:
+        every pixel gets a value in the map), scale to [0,1], normalise. Returns 1x3xHxW on
+        `device` (default: the backbone's)."""
+        h, w = size or self.input_size
         resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}.get(
             self.interpolation, Image.BICUBIC
         )
@@ -274,7 +276,7 @@ class Backbone:
         x = torch.from_numpy(np.array(img, dtype=np.float32, copy=True)).permute(2, 0, 1).div_(255.0)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
-        return ((x - mean) / std).unsqueeze(0).to(self.device)
+        return ((x - mean) / std).unsqueeze(0).to(self.device if device is None else device)
 
     def to_spatial(self, t: torch.Tensor, layer: str | None = None) -> torch.Tensor:
         """The output of `layer` (None: forward_features', i.e. FEATURES) for one image, or its
