@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 
 from .backbones import BackboneError, device_label, load_backbone, resolve_device
-from .engine import Explainer, LayerError
+from .engine import Explainer, InputSizeError, LayerError, resolve_input_size
 from .images import ImageError, load_image
 from .kmeans import KMeansError
 from .methods import METHODS, Cancelled, MethodError, get_method
@@ -50,7 +50,8 @@ from .targets import TargetError, top_predictions
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 1
-USER_ERRORS = (ImageError, TargetError, LayerError, MethodError, BackboneError, BankError, KMeansError, Cancelled)
+USER_ERRORS = (ImageError, TargetError, LayerError, InputSizeError, MethodError, BackboneError, BankError, KMeansError,
+               Cancelled)
 SUMMARY = "summary.json"
 NOT_FINITE = "the model's output is not finite (NaN/inf weights?): its predictions and maps are meaningless"
 
@@ -221,6 +222,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for m in methods:
             if (reason := get_method(m).refusal(backbone)) is not None:
                 raise MethodError(reason)
+        resolve_input_size(args.input_size, backbone.input_size, backbone)  # a bad size fails before any work
         explainer = Explainer(backbone)
         if args.bank:
             explainer.set_bank(PrototypeBank.load(args.bank))
@@ -235,6 +237,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "weights": backbone.source,
         "device": device_label(backbone.device),
         "layer": explainer.layer_or_default(args.layer),
+        "input_size": args.input_size,  # each image's own pixel size is in its record
         "bank": explainer.bank.describe() if explainer.bank is not None else None,
         "normalisation": args.norm,
         "timing": "per method: its own compute on top of the shared forward pass, in-process after a warm-up",
@@ -280,15 +283,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _explain_one(explainer, image, methods, params, args, out_real: Path, used: set[str]) -> dict:
-    target = explainer.targets(image, None if args.target in (None, "auto") else args.target)[0]
-    fwd = explainer.forward(image, args.layer)
+    size = args.input_size
+    target = explainer.targets(image, None if args.target in (None, "auto") else args.target, size)[0]
+    fwd = explainer.forward(image, args.layer, size)
     results = {}
     for m in methods:
         progress = None
         if get_method(m).slow and sys.stderr.isatty():
             def progress(done, total, m=m):
                 print(f"\r{m}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
-        results[m] = explainer.compute(image, m, target, args.layer, params.get(m), progress=progress)
+        results[m] = explainer.compute(image, m, target, args.layer, params.get(m), progress=progress, input_size=size)
     warnings = []
     if not bool(torch.isfinite(fwd.logits).all()):
         warnings.append(NOT_FINITE)
@@ -302,6 +306,7 @@ def _explain_one(explainer, image, methods, params, args, out_real: Path, used: 
         "size": list(image.size),
         "notes": list(image.notes),
         "warnings": warnings,
+        "input_size": list(fwd.input.shape[-2:]),  # what the model saw; the top-5 are at this size
         "top5": [
             {"index": p.index, "name": p.name, "probability": round(p.probability, 6)}
             for p in top_predictions(fwd.probs, explainer.backbone, 5)
@@ -321,6 +326,7 @@ def _explain_one(explainer, image, methods, params, args, out_real: Path, used: 
             "label": res.label,
             "layer": res.layer,
             "approximate": res.approximate,
+            "grid": list(res.grid),  # the resolution of the features it read
             "note": res.note,
             "npy": f"{folder.name}/{m}.npy",
             "png": f"{folder.name}/{m}.png",
@@ -454,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="auto", help="class index, class name, or auto (top-1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--layer", default=None, help="feature layer (module name or 'features'); default per backbone")
+    p.add_argument("--input-size", default="default", metavar="SIZE",
+                   help="what the model sees: default (the model's own), 2x, 3x, image (the image's own size, "
+                        "longer side at most 1024; CNNs) or HxW")
     p.add_argument("--out", required=True, help="folder for the maps and summary.json; must be new or empty")
     p.add_argument("--overwrite", action="store_true",
                    help="allow a non-empty --out: replace the maps and summary of the same names there")

@@ -318,3 +318,19 @@ def test_an_internal_error_on_one_image_does_not_stop_the_batch(tmp_path, capsys
     assert len(err) == 1 and "cat.png" in err[0] and "internal error" in err[0] and "RuntimeError: a bug" in err[0]
     summary = _strict_json((out / "summary.json").read_text())
     assert set(summary["images"]) == {"robin"} and "RuntimeError" in summary["errors"][0]["error"]
+
+
+def test_input_size_reaches_the_maps_and_the_summary(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["explain", str(SAMPLES / "cat.png"), "--methods", "cam,gradcam", "--input-size", "2x",
+                 "--out", str(out)]) == 0
+    rec = json.loads((out / "summary.json").read_text())["images"]["cat"]
+    assert rec["input_size"] == [448, 448]
+    assert rec["methods"]["cam"]["grid"] == [14, 14] and rec["methods"]["gradcam"]["grid"] == [14, 14]
+    assert len(rec["top5"]) == 5
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(["explain", str(SAMPLES / "cat.png"), "--backbone", "random:deit_tiny_patch16_224",
+                 "--methods", "gradcam", "--input-size", "2x", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "224 x 224 inputs only" in err[0] and not bad.exists()
