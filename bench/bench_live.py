@@ -38,7 +38,7 @@ def build_bank(ex: Explainer, cap: int) -> PrototypeBank:
         for scale in (1.0, 2.0, 3.0, 4.0):
             feats = fwd.head_features if scale == 1.0 else fwd.features_at(scale)
             cam = torch.relu(bb.class_maps(feats, CLASS))
-            bank.add(image, CLASS, feats, cam)
+            bank.add(image.name, image.sha256, CLASS, feats, cam)
     return bank
 
 

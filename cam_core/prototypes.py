@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .backbones import Backbone
+from .backbones import FEATURES, Backbone
 from .images import ImageError, LoadedImage, load_image
 from .kmeans import KMeansResult, kmeans
 from .errors import Cancelled
@@ -132,15 +132,16 @@ class PrototypeBank:
         return f"{self.name}: {len(self.images)} images, {counts}{more}"
 
     # ----- filling -------------------------------------------------------------------------
-    def add(self, image: LoadedImage, target: int, features: torch.Tensor, cam: torch.Tensor) -> None:
-        """features: C x h x w head-input features of the image; cam: h x w CAM of `target`."""
+    def add(self, name: str, sha256: str, target: int, features: torch.Tensor, cam: torch.Tensor) -> None:
+        """One image's pixels for `target`: features C x h x w (head input), cam h x w (its
+        CAM of the class)."""
         c, h, w = features.shape
         if c != self.feature_dim:
             raise BankError(f"features are {c}-d, the bank holds {self.feature_dim}-d")
         peak = cam.max()
         norm = cam / peak if peak > 0 else torch.zeros_like(cam)
         image_id = len(self.images)
-        self.images.append({"name": image.name, "sha256": image.sha256, "class": int(target)})
+        self.images.append({"name": name, "sha256": sha256, "class": int(target)})
         new = ClassFeatures(
             features=features.reshape(c, h * w).T.float().cpu(),
             cam=norm.reshape(-1).float().cpu(),
@@ -403,41 +404,78 @@ class BuildReport:
     skipped: list[str] = field(default_factory=list)  # "name: reason"
 
 
-def build_bank(
-    explainer,
-    items: Iterable[FolderItem | tuple[LoadedImage, int | list[int] | None]],
-    name: str = "bank",
-    max_per_class: int = 20_000,
-    progress: Callable[[int, int], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
-) -> BuildReport:
-    """One forward per image (through the explainer's cache); the CAM of the image's class
-    (its folder's, or the top-1) splits its pixels later. Unreadable images are skipped and
-    reported; cancel() stops between images."""
-    items = list(items)
-    bb = explainer.backbone
-    bank = PrototypeBank(bb.name, bb.feature_dim, name, max_per_class)
-    report = BuildReport(bank)
-    for i, item in enumerate(items):
-        if cancel is not None and cancel():
-            raise Cancelled("bank building cancelled")
+BankItem = FolderItem | tuple[LoadedImage | Callable[[], LoadedImage], int | list[int] | None]
+
+
+class _BankImages(torch.utils.data.Dataset):
+    """Decodes and preprocesses the images of a bank, in DataLoader workers when asked, so
+    that decoding overlaps the forward passes and no image outlives its batch."""
+
+    def __init__(self, items: list[BankItem], backbone: Backbone):
+        self.items, self.backbone = items, backbone
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.items[i]
         try:
             if isinstance(item, FolderItem):
                 image, target = load_image(item.path), item.target
             else:
                 image, target = item
-            fwd = explainer.forward(image)
-            if target is None:
-                target = int(fwd.probs.argmax())
-            feats = fwd.head_features
-            # A multi-label image (a list of classes) gives its pixels to each of its classes,
-            # split by that class's CAM, as LPCAM's recipe does on VOC.
-            for t in target if isinstance(target, (list, tuple)) else [target]:
-                bank.add(image, int(t), feats, torch.relu(bb.class_maps(feats, int(t))))
+                if callable(image):
+                    image = image()
+            x = self.backbone.preprocess(image.rgb, device="cpu")[0]
         except ImageError as exc:
-            report.skipped.append(str(exc))
+            return {"error": str(exc)}
+        return {"x": x, "target": target, "name": image.name, "sha256": image.sha256}
+
+
+def build_bank(
+    explainer,
+    items: Iterable[BankItem],
+    name: str = "bank",
+    max_per_class: int = 20_000,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    workers: int = 0,
+    batch_size: int = 8,
+) -> BuildReport:
+    """Stream the images (decoded by `workers` DataLoader processes; an item may also be a
+    (callable returning the image, target) pair, loaded only then) through the model in
+    batches, under inference mode and without the explainer's per-image cache; the CAM of
+    each image's class (its folder's, its labels, or the top-1) splits its pixels later. At
+    most max_per_class pixels per class are held (seeded subsample). Unreadable images are
+    skipped and reported; cancel() stops between batches."""
+    items = list(items)
+    bb = explainer.backbone
+    bank = PrototypeBank(bb.name, bb.feature_dim, name, max_per_class)
+    report = BuildReport(bank)
+    loader = torch.utils.data.DataLoader(_BankImages(items, bb), batch_size=batch_size, num_workers=workers,
+                                         collate_fn=list, persistent_workers=False)
+    done = 0
+    for batch in loader:
+        if cancel is not None and cancel():
+            raise Cancelled("bank building cancelled")
+        good = [b for b in batch if "x" in b]
+        report.skipped += [b["error"] for b in batch if "error" in b]
+        if good:
+            x = torch.stack([b["x"] for b in good]).to(bb.device)
+            with torch.inference_mode():
+                feats = bb.model.forward_features(x)
+                top1 = bb.model.forward_head(feats).argmax(dim=-1).tolist() if any(
+                    b["target"] is None for b in good) else None
+            for i, b in enumerate(good):
+                f = bb.to_spatial(feats[i : i + 1], FEATURES)
+                target = b["target"] if b["target"] is not None else top1[i]
+                # A multi-label image (a list of classes) gives its pixels to each of its classes,
+                # split by that class's CAM, as LPCAM's recipe does on VOC.
+                for t in target if isinstance(target, (list, tuple)) else [target]:
+                    bank.add(b["name"], b["sha256"], int(t), f, torch.relu(bb.class_maps(f, int(t))))
+        done += len(batch)
         if progress is not None:
-            progress(i + 1, len(items))
+            progress(done, len(items))
     if not bank.images:
         raise BankError("no readable image: " + "; ".join(report.skipped[:3]))
     return report

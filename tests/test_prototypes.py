@@ -260,3 +260,24 @@ def test_rank_rule_context_lower_bound(lite0, cat):
     ranks = class_ranks(free.bg.centers, lite0, int(ex.targets(cat)[0]), False)
     assert torch.equal(free.bg_selected, ranks > 5)
     assert torch.equal(bound.bg_selected, (ranks > 5) & (ranks <= 50))
+
+
+def test_streamed_bank_matches_one_image_at_a_time(lite0, tmp_path):
+    """Workers, batches and lazily loaded items give the same bank as the explainer's own
+    forward passes image by image; unreadable files are skipped and reported."""
+    root = _folder(tmp_path)
+    (root / "tabby" / "broken.png").write_bytes(b"not an image")
+    scan = folder_items(root, lite0.class_names)
+    ex = Explainer(lite0)
+    streamed = build_bank(ex, scan.items, name="s", workers=2, batch_size=2)
+    assert len(streamed.skipped) == 1 and "broken.png" in streamed.skipped[0]
+    cat, dog = load_image(SAMPLES / "cat.png"), load_image(SAMPLES / "dog.jpg")
+    lazy = build_bank(ex, [(lambda: dog, 207), (lambda: cat, None)], name="lazy").bank
+    top1 = int(ex.forward(cat).probs.argmax())  # the label the unlabelled lazy cat gets
+    assert top1 != 281 and sorted(lazy.classes) == sorted({207, top1})
+    for c, img, lazy_c in ((207, dog, 207), (281, cat, top1)):
+        feats = ex.forward(img).head_features
+        got = streamed.bank.classes[c].features
+        torch.testing.assert_close(got, feats.reshape(feats.shape[0], -1).T.float(), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(lazy.classes[lazy_c].features, got, rtol=1e-4, atol=1e-4)
+    assert [i["name"] for i in streamed.bank.images] == ["dog.jpg", "cat.png"]
