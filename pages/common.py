@@ -5,7 +5,10 @@ Streamlit-side only; every computation is a cam_core call.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +29,10 @@ from cam_core import (
     Param,
     TargetError,
     load_backbone,
-    load_image,
 )
 from cam_core.backbones import available_devices, device_label
-from cam_core.images import MAX_PIXELS, resolve_under
+from cam_core.images import MAX_PIXELS, WORKING_MAX_SIDE, load_working_image, resolve_under
+from cam_core.lru import ByteLRU
 from cam_core.render import downscale_for_display
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,19 +70,45 @@ def get_explainer(
     return explainer
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+# Decoded images, shared by every session, bounded by their bytes: each is at most
+# WORKING_MAX_SIDE x WORKING_MAX_SIDE x 3 (12.6 MB; larger images are downscaled on load), so
+# this keeps 6 working copies of 2048 x 1280 uploads, or ~100 samples; a session keeps its own
+# image besides (st.session_state["last_image"], the same object). Not st.cache_data: that
+# bounds the count only, and pickles, so every session's rerun got its own copy of the pixels.
+DECODED_IMAGES_BYTES = 48 * 2**20
+# One decode at a time: a full-size original (up to 160 MB for 40 MP) is then paid once, not
+# once per session uploading at the same moment. Only cache misses wait for it.
+_DECODE_LOCK = threading.Lock()
+
+
+@st.cache_resource(show_spinner=False)
+def decoded_images() -> ByteLRU:
+    return ByteLRU(DECODED_IMAGES_BYTES, sizeof=lambda image: image.rgb.nbytes)
+
+
+def _decoded(key: tuple, load: Callable[[], LoadedImage]) -> LoadedImage:
+    def decode() -> LoadedImage:
+        with _DECODE_LOCK:
+            image = load()
+        image.rgb.flags.writeable = False  # shared by every session: nobody may draw on it
+        return image
+
+    return decoded_images().get_or_compute(key, decode)
+
+
 def decode_bytes(data: bytes, name: str) -> LoadedImage:
-    return load_image(data, name)
+    """An upload, decoded (and bounded to WORKING_MAX_SIDE) once per content and name."""
+    return _decoded(("bytes", hashlib.sha256(data).hexdigest(), name), lambda: load_working_image(data, name))
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
 def decode_path(path: str, mtime: float) -> LoadedImage:
-    return load_image(path)
+    """A file, decoded (and bounded to WORKING_MAX_SIDE) once per path and modification time."""
+    return _decoded(("path", path, mtime), lambda: load_working_image(path))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def thumbnail(path: str, side: int = 96) -> np.ndarray:
-    return downscale_for_display(load_image(path).rgb, side)[0]
+    return downscale_for_display(load_working_image(path).rgb, side)[0]
 
 
 def sample_names() -> list[str]:
@@ -116,6 +145,21 @@ def _browse_samples(names: list[str]) -> None:
             st.button(Path(n).stem, key=f"thumb_{n}", on_click=_use_sample, args=(n,), width="stretch")
 
 
+def _session_image(key: tuple, load: Callable[[], LoadedImage]) -> LoadedImage:
+    """The session's image when key names it (no hashing of the upload, no cache look-up on
+    every rerun, and it stays even when the shared cache has dropped it), else load()."""
+    if st.session_state.get("last_image_key") == key and st.session_state.get("last_image") is not None:
+        return st.session_state["last_image"]
+    image = load()
+    st.session_state["last_image_key"] = key
+    return image
+
+
+def _path_image(path: Path) -> LoadedImage:
+    mtime = path.stat().st_mtime
+    return _session_image(("path", str(path), mtime), lambda: decode_path(str(path), mtime))
+
+
 def _image_sidebar() -> LoadedImage | None:
     source = st.radio("Image", ["Sample", "Upload", "Path"], horizontal=True, key="image_source")
     try:
@@ -126,22 +170,22 @@ def _image_sidebar() -> LoadedImage | None:
             name = st.selectbox("Sample image", names, key="sample")
             if st.button("Browse samples", width="stretch"):
                 _browse_samples(names)
-            path = SAMPLES / name
-            return decode_path(str(path), path.stat().st_mtime)
+            return _path_image(SAMPLES / name)
         if source == "Upload":
-            up = st.file_uploader(f"Upload an image (up to {MAX_PIXELS // 1_000_000} megapixels)", key="upload")
+            up = st.file_uploader(f"Upload an image (up to {MAX_PIXELS // 1_000_000} megapixels)", key="upload",
+                                  help=f"Larger than {WORKING_MAX_SIDE} px on its longest side: downscaled to it "
+                                       "on upload (the maps are computed at the model's input size).")
             if up is None:
                 st.info("Choose a file; until then the last image stays.")
                 return None
-            return decode_bytes(up.getvalue(), up.name)
+            return _session_image(("upload", up.file_id, up.name), lambda: decode_bytes(up.getvalue(), up.name))
         typed = st.text_input("Path under " + ", ".join(str(d) for d in allowed_image_dirs()), key="image_path")
         if not typed:
             return None
-        path = resolve_under(typed, allowed_image_dirs())
-        return decode_path(str(path), path.stat().st_mtime)
+        return _path_image(resolve_under(typed, allowed_image_dirs()))
     except ImageError as exc:
         st.error(str(exc))
-        return None
+    return None
 
 
 def _backbone_sidebar(device: str) -> Explainer | None:
