@@ -162,6 +162,7 @@ def _path_image(path: Path) -> LoadedImage:
 
 def _image_sidebar() -> LoadedImage | None:
     source = st.radio("Image", ["Sample", "Upload", "Path"], horizontal=True, key="image_source")
+    typed = None
     try:
         if source == "Sample":
             names = sample_names()
@@ -185,6 +186,11 @@ def _image_sidebar() -> LoadedImage | None:
         return _path_image(resolve_under(typed, allowed_image_dirs()))
     except ImageError as exc:
         st.error(str(exc))
+    except (ValueError, OSError) as exc:
+        # Whatever else a path or a file can raise (a NUL byte, a file gone or unreadable
+        # between the check and the read): a message, and the last good image stays.
+        what = repr(typed) if typed else "the image"
+        st.error(f"{what}: cannot be read ({exc})")
     return None
 
 
@@ -212,6 +218,9 @@ def _backbone_sidebar(device: str) -> Explainer | None:
                 kwargs["class_names"] = str(resolve_under(names, allowed_image_dirs()))
         except ImageError as exc:
             st.error(str(exc))
+            return None
+        except (ValueError, OSError) as exc:  # e.g. a NUL byte in a typed path
+            st.error(f"not a usable path ({exc})")
             return None
     try:
         explainer = get_explainer(name, device, **kwargs)

@@ -41,3 +41,24 @@ def test_large_upload_is_downscaled_with_a_note_in_the_sidebar(app):
     # a rerun (any widget) neither decodes again nor copies: the session keeps the same object
     app.slider(key="opacity").set_value(0.8).run()
     assert app.session_state["last_image"] is image
+
+
+@pytest.mark.parametrize("typed", ["cat\x00.png", "\x00", "../assets/samples/\x00/dog.jpg"])
+def test_a_nul_byte_in_a_typed_path_is_an_error_and_the_image_stays(app, typed):
+    app.radio(key="image_source").set_value("Path").run()
+    app.text_input(key="image_path").set_value(typed).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert app.sidebar.error, "no error shown"
+    assert any(b.label.startswith("Egyptian cat") for b in app.button)  # the last good image stays
+    assert len(_titles(app)) == 5
+    app.text_input(key="image_path").set_value("dog.jpg").run()  # and the next good path works
+    assert not app.error and not app.exception
+    assert any(c.value.startswith("dog.jpg") for c in app.sidebar.caption)
+
+
+def test_a_nul_byte_in_a_checkpoint_path_is_an_error(app):
+    app.selectbox(key="backbone_choice").set_value("local checkpoint…").run()
+    app.text_input(key="ckpt_path").set_value("model\x00.pth").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert app.sidebar.error
+    assert len(_titles(app)) == 5  # still the previous backbone's tiles
