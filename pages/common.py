@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from cam_core import (
 from cam_core.backbones import available_devices, device_label
 from cam_core.images import MAX_PIXELS, WORKING_MAX_SIDE, load_working_image, resolve_under
 from cam_core.lru import ByteLRU
-from cam_core.render import downscale_for_display
+from cam_core.render import compose_grid, downscale_for_display, npy_bytes, png_bytes, render_tile, to_image_map
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "assets" / "samples"
@@ -290,6 +291,50 @@ def sidebar() -> Selection:
     selection = Selection(image=image, explainer=explainer, device=str(explainer.backbone.device))
     st.session_state["selection"] = selection  # lets page tests read the live Explainer's stats
     return selection
+
+
+def _weak_image(image: LoadedImage) -> Callable[[], LoadedImage]:
+    ref = weakref.ref(image)
+
+    def get() -> LoadedImage:
+        alive = ref()
+        if alive is None:
+            raise RuntimeError("this tile's image is no longer loaded: the page has moved on")
+        return alive
+
+    return get
+
+
+def tile_png(image: LoadedImage, m: torch.Tensor, norm: str, opacity: float, cmap: str,
+             threshold: float) -> Callable[[], bytes]:
+    """A download button's callable: the tile at the image's own size, made when clicked.
+    Built here, not as a lambda in the page, so that it holds the map and a weak reference to
+    the image only: a lambda in a page script holds the whole run's globals (the forward pass,
+    every result), and Streamlit keeps a button's callable while the session references it.
+    A closed tab's session is dropped after server.disconnectedSessionTTL without being shut
+    down (Streamlit 1.67), so its last callables stay for the life of the server."""
+    get = _weak_image(image)
+
+    def make() -> bytes:
+        im = get()
+        return png_bytes(render_tile(im.rgb, to_image_map(m, im.size, norm), opacity, cmap, threshold))
+
+    return make
+
+
+def tile_npy(image: LoadedImage, m: torch.Tensor, norm: str) -> Callable[[], bytes]:
+    """As tile_png: the normalised map at the image's own size, float32 .npy, made when clicked."""
+    get = _weak_image(image)
+
+    def make() -> bytes:
+        return npy_bytes(to_image_map(m, get().size, norm))
+
+    return make
+
+
+def grid_png(tiles: list[tuple[str, np.ndarray]], columns: int) -> Callable[[], bytes]:
+    """As tile_png: the sheet of these (caption, tile) pairs, made when clicked."""
+    return lambda: png_bytes(compose_grid(tiles, columns=columns))
 
 
 def drop_stale_choice(key: str, options) -> None:

@@ -62,3 +62,42 @@ def test_a_nul_byte_in_a_checkpoint_path_is_an_error(app):
     assert not app.exception, [e.value for e in app.exception]
     assert app.sidebar.error
     assert len(_titles(app)) == 5  # still the previous backbone's tiles
+
+
+def test_download_callables_make_the_files_and_hold_only_a_weak_reference_to_the_image():
+    from pages.common import tile_npy, tile_png
+
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    image = from_array(rgb, "x.png")
+    m = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    npy, png = tile_npy(image, m, "minmax"), tile_png(image, m, "minmax", 0.5, "jet", 0.0)
+    import io
+
+    arr = np.load(io.BytesIO(npy()))
+    assert arr.shape == (30, 40) and arr.dtype == np.float32 and arr.min() == 0 and arr.max() == 1
+    assert Image.open(io.BytesIO(png())).size == (40, 30)
+    del image
+    gc.collect()
+    with pytest.raises(RuntimeError, match="no longer loaded"):
+        npy()
+
+
+def test_earlier_images_are_not_kept_alive_by_the_page(app):
+    """Streamlit keeps the metadata (callback, format_func) of every widget a session ever drew;
+    a callback defined in the page script held that run's globals, and so each earlier image
+    (with its forward pass and tiles) for the session's whole life."""
+    from pages.common import decoded_images
+
+    from cam_core import LoadedImage
+
+    app.radio(key="image_source").set_value("Upload").run()
+    names = ["dog.jpg", "coffee.png", "robin.jpg", "squirrel.jpg"]  # other top-5 classes: other buttons
+    for name in names:
+        data = (ROOT / "assets" / "samples" / name).read_bytes()
+        app.file_uploader(key="upload").set_value((f"up_{name}", data, "image/png")).run()
+        assert not app.exception and any(c.value.startswith(f"up_{name}") for c in app.sidebar.caption)
+    decoded_images().clear()  # the shared cache may keep them; the session may not
+    gc.collect()
+    alive = {o.name for o in gc.get_objects() if isinstance(o, LoadedImage) and o.name.startswith("up_")}
+    # Streamlit's session state keeps the previous run's values until the next run: one more.
+    assert "up_squirrel.jpg" in alive and alive <= {"up_squirrel.jpg", "up_robin.jpg"}, alive
