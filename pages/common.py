@@ -242,6 +242,65 @@ PAGE_KEYS = ("class_query", "class_pick", "topk", "methods", "cmap", "opacity", 
 PAGE_KEY_PREFIXES = ("layer_", "param_", "fs_lp_", "fs_sipe_")
 
 
+# Download callables kept per (session, button position) beyond the ones the runs in progress
+# reference: the one on the user's screen and the one replacing it.
+KEPT_DOWNLOADS_PER_BUTTON = 2
+KEPT_DOWNLOADS_PER_SESSION = 64  # and at most this many unreferenced ones per session
+
+
+def keep_download_callables(mgr=None) -> bool:
+    """Make a download button's deferred file outlive the run that drew it, until the button
+    is off the user's screen.
+
+    Streamlit (1.67) registers each deferred download_button callable under a new id on every
+    run, forgets the session's ids when its next run starts, and at the end of ANY session's
+    run drops every callable that no session currently references. So while a run is in
+    progress (a slow tile computes for seconds; the page also reruns on every control), the
+    buttons still on the screen point at ids that the next run end of any other session
+    deletes: a click then shows "Failed to generate file for download" and the server logs
+    "Deferred file ... not found" (NPY downloads failed 2 of 41 times under load). This
+    wraps the manager's sweep so that it also keeps, per session and button position, the
+    KEPT_DOWNLOADS_PER_BUTTON newest callables (at most KEPT_DOWNLOADS_PER_SESSION unreferenced
+    ones per session). Touches MediaFileManager internals: where they are not as expected,
+    nothing changes (and the click can fail as before). Returns whether the sweep is wrapped."""
+    if mgr is None:
+        try:
+            from streamlit import runtime
+
+            if not runtime.exists():
+                return False
+            mgr = runtime.get_instance().media_file_mgr
+        except Exception:  # noqa: BLE001 - an internal that moved: keep Streamlit's behaviour
+            return False
+    if getattr(mgr, "_cam_keeps_downloads", False):
+        return True
+    needed = ("_remove_orphaned_deferred_callables", "_deferred_callables", "_files_by_session_and_coord",
+              "_drop_deferred_id")
+    if not all(hasattr(mgr, name) for name in needed):
+        return False
+
+    def sweep() -> None:  # called, like the original, with mgr._lock held
+        referenced: set[str] = set()
+        for by_coordinates in mgr._files_by_session_and_coord.values():
+            referenced.update(by_coordinates.values())
+        per_button: dict[tuple, list[str]] = {}
+        for file_id, entry in mgr._deferred_callables.items():  # in registration order
+            per_button.setdefault((entry.get("session_id"), entry.get("coordinates")), []).append(file_id)
+        spare: dict[str, list[str]] = {}
+        for (session_id, _), ids in per_button.items():
+            spare.setdefault(session_id, []).extend(i for i in ids[-KEPT_DOWNLOADS_PER_BUTTON:] if i not in referenced)
+        keep = set(referenced)
+        order = {file_id: n for n, file_id in enumerate(mgr._deferred_callables)}
+        for ids in spare.values():
+            keep.update(sorted(ids, key=order.__getitem__)[-KEPT_DOWNLOADS_PER_SESSION:])
+        for file_id in [f for f in mgr._deferred_callables if f not in keep]:
+            mgr._drop_deferred_id(file_id)
+
+    mgr._remove_orphaned_deferred_callables = sweep
+    mgr._cam_keeps_downloads = True
+    return True
+
+
 def _leave_old_multipage_mode() -> None:
     """Until app.py has called st.navigation once in this server process, Streamlit treats a
     pages/ folder the old way: a first URL like /feature_space runs that file directly, with
@@ -260,6 +319,7 @@ def sidebar() -> Selection:
     """The shared sidebar: image, backbone, device. Keeps the last good image/backbone when
     a new choice fails, so an error never blanks the app."""
     _leave_old_multipage_mode()
+    keep_download_callables()
     for key, value in SIDEBAR_DEFAULTS.items():
         st.session_state.setdefault(key, value)
     for key in list(st.session_state):
