@@ -98,6 +98,6 @@ def test_earlier_images_are_not_kept_alive_by_the_page(app):
         assert not app.exception and any(c.value.startswith(f"up_{name}") for c in app.sidebar.caption)
     decoded_images().clear()  # the shared cache may keep them; the session may not
     gc.collect()
-    alive = {o.name for o in gc.get_objects() if isinstance(o, LoadedImage) and o.name.startswith("up_")}
+    alive = {o.name for o in gc.get_objects() if type(o) is LoadedImage and o.name.startswith("up_")}
     # Streamlit's session state keeps the previous run's values until the next run: one more.
     assert "up_squirrel.jpg" in alive and alive <= {"up_squirrel.jpg", "up_robin.jpg"}, alive
