@@ -179,8 +179,8 @@ def resolve_under(path: str | Path, roots: list[Path]) -> Path:
 # The longest side, in pixels, of the image the app keeps and works on. The maps are computed
 # at the model's input size (224 to 518 px for the backbones offered) and shown at most 640 px
 # wide, so a larger original only costs memory: a 40 MP photo is 120 MB decoded, its
-# 2048 x 1280 working copy 7.9 MB (12.6 MB at most, 2048 x 2048). An input size "of the
-# image's own size" is capped by this side too.
+# 2048 x 1280 working copy 7.9 MB (12.6 MB at most, 2048 x 2048). Meant as the one cap: an
+# input size "of the image's own size" (to come) cannot exceed the working copy either.
 WORKING_MAX_SIDE = 2048
 
 _ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
