@@ -254,3 +254,122 @@ def resolve_under(path: str | Path, roots: list[Path]) -> Path:
         raise ImageError(f"{text}: no such file under {folders}")
     allowed = ", ".join(str(r) for r in roots)
     raise ImageError(f"{text}: outside the allowed folders ({allowed})")
+
+
+# ----- a bounded working copy of large images ----------------------------------------------
+# The longest side, in pixels, of the image the app keeps and works on. The maps are computed
+# at the model's input size (224 to 518 px for the backbones offered) and shown at most 640 px
+# wide, so a larger original only costs memory: a 40 MP photo is 120 MB decoded, its
+# 2048 x 1280 working copy 7.9 MB (12.6 MB at most, 2048 x 2048). Meant as the one cap: an
+# input size "of the image's own size" (to come) cannot exceed the working copy either.
+WORKING_MAX_SIDE = 2048
+
+_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def working_size(width: int, height: int, max_side: int = WORKING_MAX_SIDE) -> tuple[int, int]:
+    """(width, height) scaled by min(1, max_side / longest side), rounded, aspect kept."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def bound_image(image: LoadedImage, max_side: int = WORKING_MAX_SIDE) -> LoadedImage:
+    """The image itself if its longest side is at most max_side, else a copy downscaled to it
+    (area resampling: each new pixel is the mean of the pixels it covers) with the note
+    "downscaled from W0xH0 to WxH" and the hash of its own pixels."""
+    h0, w0 = image.size
+    size = working_size(w0, h0, max_side)
+    if size == (w0, h0):
+        return image
+    rgb = np.ascontiguousarray(np.asarray(Image.fromarray(image.rgb).resize(size, Image.Resampling.BOX)))
+    note = f"downscaled from {w0}x{h0} to {size[0]}x{size[1]}"
+    return LoadedImage(rgb=rgb, name=image.name, sha256=pixel_hash(rgb), notes=(*image.notes, note))
+
+
+def _header(source: str | Path | bytes, max_pixels: int) -> tuple[bytes, int, int] | None:
+    """(bytes, width, height) of an image that may be decoded, from its header only; None
+    for anything load_image must judge (missing, empty, too large, not an image)."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        try:
+            if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
+                return None
+            data = path.read_bytes()
+        except (OSError, ValueError):
+            return None
+    else:
+        data = bytes(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            w, h = Image.open(io.BytesIO(data)).size
+    except Exception:  # noqa: BLE001 - load_image tells the user why
+        return None
+    if w * h > max_pixels or w == 0 or h == 0:
+        return None
+    return data, w, h
+
+
+def load_working_image(
+    source: str | Path | bytes, name: str | None = None, max_side: int = WORKING_MAX_SIDE, max_pixels: int = MAX_PIXELS
+) -> LoadedImage:
+    """load_image, bounded: an image whose longest side exceeds max_side comes back as
+    bound_image would give it (downscaled, with the note), but decoded without the full-size
+    copies load_image makes: the decoded original is the only full-size buffer (a JPEG is
+    decoded at 1/2, 1/4 or 1/8 scale when that is still at least the working size) and it is
+    freed before this returns. Images within max_side, and every refused input (same
+    ImageError), are load_image's."""
+    found = _header(source, max_pixels)
+    if found is None or max(found[1], found[2]) <= max_side:
+        return load_image(source, name, max_pixels)
+    data = found[0]
+    if name is None:
+        name = Path(source).name if isinstance(source, (str, Path)) else "upload"
+    try:
+        return _load_downscaled(data, name, max_side)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # broken data: load_image raises the ImageError the user should see
+        return bound_image(load_image(data, name, max_pixels), max_side)
+
+
+def _load_downscaled(data: bytes, name: str, max_side: int) -> LoadedImage:
+    notes: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+        w0, h0 = img.size
+        size = working_size(w0, h0, max_side)
+        if getattr(img, "n_frames", 1) > 1:
+            notes.append("first frame of an animated image")
+        if img.format == "JPEG":
+            img.draft(img.mode, size)
+        img.load()
+    orientation = _exif_orientation(img)
+    if orientation in _ORIENTATIONS:
+        notes.append("rotated according to its EXIF orientation")
+    # load_image's conversions, each where it is cheapest: bit depth and CMYK before the
+    # resize (as load_image); alpha composited on white after it (the resize weights colours
+    # by alpha); grey made three channels after it.
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        img = _to_8bit(img, notes)
+    if img.mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+        img = img.convert("RGB")
+    alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    if alpha:
+        img = img.convert("RGBA")
+    elif img.mode in ("L", "1"):
+        notes.append("grayscale image repeated on three channels")
+        img = img.convert("L")
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    img = img.resize(size, Image.Resampling.BOX)  # the full-size image is freed here
+    if orientation in _ORIENTATIONS:
+        img = img.transpose(_ORIENTATIONS[orientation])
+    img = _flatten_alpha(img, notes) if alpha else img.convert("RGB")
+    ow, oh = (h0, w0) if orientation in (5, 6, 7, 8) else (w0, h0)  # as the user sees it
+    notes.append(f"downscaled from {ow}x{oh} to {img.size[0]}x{img.size[1]}")
+    rgb = np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+    return LoadedImage(rgb=rgb, name=name, sha256=pixel_hash(rgb), notes=tuple(notes))

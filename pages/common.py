@@ -5,7 +5,12 @@ Streamlit-side only; every computation is a cam_core call.
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import os
+import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +31,11 @@ from cam_core import (
     Param,
     TargetError,
     load_backbone,
-    load_image,
 )
 from cam_core.backbones import available_devices, device_label
-from cam_core.images import MAX_PIXELS, resolve_under
-from cam_core.render import downscale_for_display
+from cam_core.images import MAX_PIXELS, WORKING_MAX_SIDE, load_working_image, resolve_under
+from cam_core.lru import ByteLRU
+from cam_core.render import compose_grid, downscale_for_display, npy_bytes, png_bytes, render_tile, to_image_map
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "assets" / "samples"
@@ -67,19 +72,66 @@ def get_explainer(
     return explainer
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+# Decoded images, shared by every session, bounded by their bytes: each is at most
+# WORKING_MAX_SIDE x WORKING_MAX_SIDE x 3 (12.6 MB; larger images are downscaled on load), so
+# this keeps 6 working copies of 2048 x 1280 uploads, or ~100 samples; a session keeps its own
+# image besides (st.session_state["last_image"], the same object). Not st.cache_data: that
+# bounds the count only, and pickles, so every session's rerun got its own copy of the pixels.
+DECODED_IMAGES_BYTES = 48 * 2**20
+# One decode at a time: a full-size original (up to 160 MB for 40 MP) is then paid once, not
+# once per session uploading at the same moment. Only cache misses wait for it.
+_DECODE_LOCK = threading.Lock()
+
+
+def _return_large_blocks_to_the_system(threshold: int = 4 * 2**20) -> bool:
+    """glibc: serve every allocation of `threshold` bytes or more by its own mmap, so that it
+    goes back to the system when freed. By default glibc raises that threshold up to 32 MB
+    once large blocks have been freed, and from then on the 8-10 MB buffers of each upload
+    (the working copy, its hash, Pillow's image of it) come from the heaps of the short-lived
+    session threads, where what is freed mostly stays in RSS, scattered.
+    scripts/upload_memory.py (20 uploads of 40 MP): without this, peak 1.58, 1.48, 1.48 GB
+    and 1.30-1.33 GB after; with it, peak 1.43-1.45 GB over five runs and 1.24-1.28 GB after.
+    The forward pass and the fast methods take the same time (on and off alternated in one
+    process on the loaded 2-core machine: median 248 vs 273 ms for five maps, i.e. noise).
+    A no-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+_return_large_blocks_to_the_system()
+
+
+@st.cache_resource(show_spinner=False)
+def decoded_images() -> ByteLRU:
+    return ByteLRU(DECODED_IMAGES_BYTES, sizeof=lambda image: image.rgb.nbytes)
+
+
+def _decoded(key: tuple, load: Callable[[], LoadedImage]) -> LoadedImage:
+    def decode() -> LoadedImage:
+        with _DECODE_LOCK:
+            image = load()
+        image.rgb.flags.writeable = False  # shared by every session: nobody may draw on it
+        return image
+
+    return decoded_images().get_or_compute(key, decode)
+
+
 def decode_bytes(data: bytes, name: str) -> LoadedImage:
-    return load_image(data, name)
+    """An upload, decoded (and bounded to WORKING_MAX_SIDE) once per content and name."""
+    return _decoded(("bytes", hashlib.sha256(data).hexdigest(), name), lambda: load_working_image(data, name))
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
 def decode_path(path: str, mtime: float) -> LoadedImage:
-    return load_image(path)
+    """A file, decoded (and bounded to WORKING_MAX_SIDE) once per path and modification time."""
+    return _decoded(("path", path, mtime), lambda: load_working_image(path))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def thumbnail(path: str, side: int = 96) -> np.ndarray:
-    return downscale_for_display(load_image(path).rgb, side)[0]
+    return downscale_for_display(load_working_image(path).rgb, side)[0]
 
 
 def sample_names() -> list[str]:
@@ -116,8 +168,24 @@ def _browse_samples(names: list[str]) -> None:
             st.button(Path(n).stem, key=f"thumb_{n}", on_click=_use_sample, args=(n,), width="stretch")
 
 
+def _session_image(key: tuple, load: Callable[[], LoadedImage]) -> LoadedImage:
+    """The session's image when key names it (no hashing of the upload, no cache look-up on
+    every rerun, and it stays even when the shared cache has dropped it), else load()."""
+    if st.session_state.get("last_image_key") == key and st.session_state.get("last_image") is not None:
+        return st.session_state["last_image"]
+    image = load()
+    st.session_state["last_image_key"] = key
+    return image
+
+
+def _path_image(path: Path) -> LoadedImage:
+    mtime = path.stat().st_mtime
+    return _session_image(("path", str(path), mtime), lambda: decode_path(str(path), mtime))
+
+
 def _image_sidebar() -> LoadedImage | None:
     source = st.radio("Image", ["Sample", "Upload", "Path"], horizontal=True, key="image_source")
+    typed = None
     try:
         if source == "Sample":
             names = sample_names()
@@ -126,22 +194,27 @@ def _image_sidebar() -> LoadedImage | None:
             name = st.selectbox("Sample image", names, key="sample")
             if st.button("Browse samples", width="stretch"):
                 _browse_samples(names)
-            path = SAMPLES / name
-            return decode_path(str(path), path.stat().st_mtime)
+            return _path_image(SAMPLES / name)
         if source == "Upload":
-            up = st.file_uploader(f"Upload an image (up to {MAX_PIXELS // 1_000_000} megapixels)", key="upload")
+            up = st.file_uploader(f"Upload an image (up to {MAX_PIXELS // 1_000_000} megapixels)", key="upload",
+                                  help=f"Larger than {WORKING_MAX_SIDE} px on its longest side: downscaled to it "
+                                       "on upload (the maps are computed at the model's input size).")
             if up is None:
                 st.info("Choose a file; until then the last image stays.")
                 return None
-            return decode_bytes(up.getvalue(), up.name)
+            return _session_image(("upload", up.file_id, up.name), lambda: decode_bytes(up.getvalue(), up.name))
         typed = st.text_input("Path under " + ", ".join(str(d) for d in allowed_image_dirs()), key="image_path")
         if not typed:
             return None
-        path = resolve_under(typed, allowed_image_dirs())
-        return decode_path(str(path), path.stat().st_mtime)
+        return _path_image(resolve_under(typed, allowed_image_dirs()))
     except ImageError as exc:
         st.error(str(exc))
-        return None
+    except (ValueError, OSError) as exc:
+        # Whatever else a path or a file can raise (a NUL byte, a file gone or unreadable
+        # between the check and the read): a message, and the last good image stays.
+        what = repr(typed) if typed else "the image"
+        st.error(f"{what}: cannot be read ({exc})")
+    return None
 
 
 def _backbone_sidebar(device: str) -> Explainer | None:
@@ -169,6 +242,9 @@ def _backbone_sidebar(device: str) -> Explainer | None:
         except ImageError as exc:
             st.error(str(exc))
             return None
+        except (ValueError, OSError) as exc:  # e.g. a NUL byte in a typed path
+            st.error(f"not a usable path ({exc})")
+            return None
     try:
         explainer = get_explainer(name, device, **kwargs)
     except BackboneError as exc:
@@ -186,6 +262,65 @@ PAGE_KEYS = ("class_query", "class_pick", "topk", "methods", "cmap", "opacity", 
              "show_raw", "fs_bank_name", "fs_folder", "fs_cap", "fs_colour", "fs_embed", "fs_perplexity",
              "fs_scale", "fs_target", "fs_threshold", "fs_use_bank")
 PAGE_KEY_PREFIXES = ("layer_", "param_", "fs_lp_", "fs_sipe_")
+
+
+# Download callables kept per (session, button position) beyond the ones the runs in progress
+# reference: the one on the user's screen and the one replacing it.
+KEPT_DOWNLOADS_PER_BUTTON = 2
+KEPT_DOWNLOADS_PER_SESSION = 64  # and at most this many unreferenced ones per session
+
+
+def keep_download_callables(mgr=None) -> bool:
+    """Make a download button's deferred file outlive the run that drew it, until the button
+    is off the user's screen.
+
+    Streamlit (1.67) registers each deferred download_button callable under a new id on every
+    run, forgets the session's ids when its next run starts, and at the end of ANY session's
+    run drops every callable that no session currently references. So while a run is in
+    progress (a slow tile computes for seconds; the page also reruns on every control), the
+    buttons still on the screen point at ids that the next run end of any other session
+    deletes: a click then shows "Failed to generate file for download" and the server logs
+    "Deferred file ... not found" (NPY downloads failed 2 of 41 times under load). This
+    wraps the manager's sweep so that it also keeps, per session and button position, the
+    KEPT_DOWNLOADS_PER_BUTTON newest callables (at most KEPT_DOWNLOADS_PER_SESSION unreferenced
+    ones per session). Touches MediaFileManager internals: where they are not as expected,
+    nothing changes (and the click can fail as before). Returns whether the sweep is wrapped."""
+    if mgr is None:
+        try:
+            from streamlit import runtime
+
+            if not runtime.exists():
+                return False
+            mgr = runtime.get_instance().media_file_mgr
+        except Exception:  # noqa: BLE001 - an internal that moved: keep Streamlit's behaviour
+            return False
+    if getattr(mgr, "_cam_keeps_downloads", False):
+        return True
+    needed = ("_remove_orphaned_deferred_callables", "_deferred_callables", "_files_by_session_and_coord",
+              "_drop_deferred_id")
+    if not all(hasattr(mgr, name) for name in needed):
+        return False
+
+    def sweep() -> None:  # called, like the original, with mgr._lock held
+        referenced: set[str] = set()
+        for by_coordinates in mgr._files_by_session_and_coord.values():
+            referenced.update(by_coordinates.values())
+        per_button: dict[tuple, list[str]] = {}
+        for file_id, entry in mgr._deferred_callables.items():  # in registration order
+            per_button.setdefault((entry.get("session_id"), entry.get("coordinates")), []).append(file_id)
+        spare: dict[str, list[str]] = {}
+        for (session_id, _), ids in per_button.items():
+            spare.setdefault(session_id, []).extend(i for i in ids[-KEPT_DOWNLOADS_PER_BUTTON:] if i not in referenced)
+        keep = set(referenced)
+        order = {file_id: n for n, file_id in enumerate(mgr._deferred_callables)}
+        for ids in spare.values():
+            keep.update(sorted(ids, key=order.__getitem__)[-KEPT_DOWNLOADS_PER_SESSION:])
+        for file_id in [f for f in mgr._deferred_callables if f not in keep]:
+            mgr._drop_deferred_id(file_id)
+
+    mgr._remove_orphaned_deferred_callables = sweep
+    mgr._cam_keeps_downloads = True
+    return True
 
 
 def _leave_old_multipage_mode() -> None:
@@ -206,6 +341,7 @@ def sidebar() -> Selection:
     """The shared sidebar: image, backbone, device. Keeps the last good image/backbone when
     a new choice fails, so an error never blanks the app."""
     _leave_old_multipage_mode()
+    keep_download_callables()
     for key, value in SIDEBAR_DEFAULTS.items():
         st.session_state.setdefault(key, value)
     for key in list(st.session_state):
@@ -237,6 +373,50 @@ def sidebar() -> Selection:
     selection = Selection(image=image, explainer=explainer, device=str(explainer.backbone.device))
     st.session_state["selection"] = selection  # lets page tests read the live Explainer's stats
     return selection
+
+
+def _weak_image(image: LoadedImage) -> Callable[[], LoadedImage]:
+    ref = weakref.ref(image)
+
+    def get() -> LoadedImage:
+        alive = ref()
+        if alive is None:
+            raise RuntimeError("this tile's image is no longer loaded: the page has moved on")
+        return alive
+
+    return get
+
+
+def tile_png(image: LoadedImage, m: torch.Tensor, norm: str, opacity: float, cmap: str,
+             threshold: float) -> Callable[[], bytes]:
+    """A download button's callable: the tile at the image's own size, made when clicked.
+    Built here, not as a lambda in the page, so that it holds the map and a weak reference to
+    the image only: a lambda in a page script holds the whole run's globals (the forward pass,
+    every result), and Streamlit keeps a button's callable while the session references it.
+    A closed tab's session is dropped after server.disconnectedSessionTTL without being shut
+    down (Streamlit 1.67), so its last callables stay for the life of the server."""
+    get = _weak_image(image)
+
+    def make() -> bytes:
+        im = get()
+        return png_bytes(render_tile(im.rgb, to_image_map(m, im.size, norm), opacity, cmap, threshold))
+
+    return make
+
+
+def tile_npy(image: LoadedImage, m: torch.Tensor, norm: str) -> Callable[[], bytes]:
+    """As tile_png: the normalised map at the image's own size, float32 .npy, made when clicked."""
+    get = _weak_image(image)
+
+    def make() -> bytes:
+        return npy_bytes(to_image_map(m, get().size, norm))
+
+    return make
+
+
+def grid_png(tiles: list[tuple[str, np.ndarray]], columns: int) -> Callable[[], bytes]:
+    """As tile_png: the sheet of these (caption, tile) pairs, made when clicked."""
+    return lambda: png_bytes(compose_grid(tiles, columns=columns))
 
 
 def drop_stale_choice(key: str, options) -> None:

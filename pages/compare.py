@@ -9,14 +9,11 @@ from cam_core.render import (
     COLORMAPS,
     NORMALISATIONS,
     colorize,
-    compose_grid,
     downscale_for_display,
-    npy_bytes,
-    png_bytes,
     render_tile,
     to_image_map,
 )
-from pages.common import USER_ERRORS, drop_stale_choice, param_input, sidebar
+from pages.common import USER_ERRORS, drop_stale_choice, grid_png, param_input, sidebar, tile_npy, tile_png
 
 DEFAULT_METHODS = ["cam", "gradcam", "gradcampp", "layercam", "eigencam"]
 NORM_HELP = "minmax: (m - min)/(max - min), as Grad-CAM libraries and TS-CAM. max: m/max, as LPCAM and SIPE."
@@ -37,10 +34,11 @@ if st.session_state.get("target_for") != target_key:
     st.session_state["target_for"] = target_key
     st.session_state["target"] = preds[0].index
 
-
-def _set_target(index: int) -> None:
-    st.session_state["target"] = index
-
+# Widget callbacks and format_funcs are bound methods, never functions or lambdas of this
+# script: Streamlit keeps the metadata (callback, format_func) of every widget a session ever
+# drew, and a function of a page script holds that run's globals - its image, forward pass,
+# maps and tiles - for as long as the session lives.
+_set_target = st.session_state.__setitem__
 
 display_rgb, _ = downscale_for_display(image.rgb, 640)
 left, right = st.columns([1, 2])
@@ -52,7 +50,7 @@ with right:
             f"{bb.short_name(p.index)} · {p.probability:.1%}",
             key=f"pred_{p.index}",
             on_click=_set_target,
-            args=(p.index,),
+            args=("target", p.index),
             type="primary" if p.index == st.session_state["target"] else "secondary",
             help=f"class {p.index}: {p.name}",
         )
@@ -62,8 +60,9 @@ with right:
         found = [int(query)] if query.strip().isdigit() else search_classes(query, bb.class_names)
         found = [i for i in found if 0 <= i < bb.num_classes]
         if found:
-            pick = c1.selectbox("Matches", found, format_func=lambda i: f"{i}: {bb.class_name(i)}", key="class_pick")
-            c1.button("Explain this class", on_click=_set_target, args=(pick,), key="use_pick")
+            names = {i: f"{i}: {bb.class_name(i)}" for i in found}
+            pick = c1.selectbox("Matches", found, format_func=names.__getitem__, key="class_pick")
+            c1.button("Explain this class", on_click=_set_target, args=("target", pick), key="use_pick")
         else:
             c1.warning(f"No class name matches '{query}'.")
     side_by_side = c2.number_input("Classes side by side (top-k)", 1, 5, 1, key="topk",
@@ -76,7 +75,7 @@ specs = {s.name: s for s in ex.methods()}
 drop_stale_choice("methods", specs)
 chosen = st.multiselect(
     "Methods", list(specs), default=[m for m in DEFAULT_METHODS if m in specs], key="methods",
-    format_func=lambda n: specs[n].label + (" (slow)" if specs[n].slow else ""),
+    format_func={n: s.label + (" (slow)" if s.slow else "") for n, s in specs.items()}.__getitem__,
 )
 with st.expander("Layer and method parameters"):
     layers = bb.layer_choices()
@@ -144,14 +143,11 @@ def fill_tile(cell, m: str, t: int) -> None:
         sheet_tiles.append((f"{specs[m].label} | {res.target_name}", tile))
         b1, b2 = st.columns(2)
         stem = f"{image.stem}_{m}_{t}"
-        # Full-resolution files are made only when clicked (deferred callables).
-        b1.download_button(
-            "PNG", lambda: png_bytes(
-                render_tile(image.rgb, to_image_map(res.map, image.size, norm), opacity, cmap, threshold)),
-            file_name=f"{stem}.png", mime="image/png", key=f"png_{m}_{t}", on_click="ignore")
-        b2.download_button(
-            "NPY", lambda: npy_bytes(to_image_map(res.map, image.size, norm)),
-            file_name=f"{stem}.npy", mime="application/octet-stream", key=f"npy_{m}_{t}", on_click="ignore")
+        # Files at the image's own size are made only when clicked (deferred callables).
+        b1.download_button("PNG", tile_png(image, res.map, norm, opacity, cmap, threshold),
+                           file_name=f"{stem}.png", mime="image/png", key=f"png_{m}_{t}", on_click="ignore")
+        b2.download_button("NPY", tile_npy(image, res.map, norm), file_name=f"{stem}.npy",
+                           mime="application/octet-stream", key=f"npy_{m}_{t}", on_click="ignore")
 
 
 # ----- the grid: one cell per (class, method); fast tiles now, slow ones with progress in place
@@ -209,5 +205,5 @@ timing.caption(
 if sheet_tiles:
     st.download_button(
         "Download the whole grid (PNG)",
-        lambda: png_bytes(compose_grid([("image", display_rgb), *sheet_tiles], columns=per_row + 1)),
+        grid_png([("image", display_rgb), *sheet_tiles], per_row + 1),
         file_name=f"{image.stem}_grid.png", mime="image/png", key="grid_png", on_click="ignore")

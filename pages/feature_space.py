@@ -58,8 +58,11 @@ if (reason := get_method("cam").refusal(bb)) is not None:  # no class centres to
     st.stop()
 preds = ex.predict(image, 5)
 drop_stale_choice("fs_target", [p.index for p in preds])
+# format_funcs: a dict's __getitem__, not lambdas of this script (see pages/compare.py: Streamlit keeps every
+# widget's format_func, and a lambda here would keep this run's image and forward pass alive).
 target = st.selectbox("Class", [p.index for p in preds], key="fs_target",
-                      format_func=lambda i: f"{bb.short_name(i)} ({i}) · {float(ex.forward(image).probs[i]):.1%}")
+                      format_func={p.index: f"{bb.short_name(p.index)} ({p.index}) · {p.probability:.1%}"
+                                   for p in preds}.__getitem__)
 
 
 # ----- where LPCAM's class features come from ----------------------------------------------
@@ -203,7 +206,8 @@ def tuning() -> None:
         e2.caption(f"Image at 1× only: {bb.name} takes {bb.input_size[0]} px inputs.")
     else:
         scale = e2.select_slider("Image at", [1.0, 2.0, 3.0, 4.0], 2.0, key="fs_scale",
-                                 format_func=lambda s: f"{s:g}× ({int(bb.input_size[0] * s)} px)",
+                                 format_func={s: f"{s:g}× ({int(bb.input_size[0] * s)} px)"
+                                              for s in (1.0, 2.0, 3.0, 4.0)}.__getitem__,
                                  help="A larger copy of the image gives more pixel points (the feature grid grows).")
     cap = e2.number_input("Most pixel points", 100, 20000, 5000, 100, key="fs_cap")
     use_bank = e3.toggle("Bank pixels too", value=bank is not None, key="fs_use_bank", disabled=bank is None)
@@ -288,7 +292,8 @@ def tuning() -> None:
     with view_col:
         if pickable:
             picked = st.selectbox("Similarity map of", pickable, index=pickable.index(centre_of_target),
-                                  format_func=lambda i: labels[i], key=f"fs_sim_{cloud.key}_{protos.key}",
+                                  format_func={i: labels[i] for i in pickable}.__getitem__,
+                                  key=f"fs_sim_{cloud.key}_{protos.key}",
                                   help="Or click a centre or prototype in the plot; select pixels to locate them.")
         sel_pixels = [i for i in chosen if kinds[i] == PIXEL]
         others = [i for i in chosen if kinds[i] != PIXEL]
