@@ -54,6 +54,17 @@ def test_to_image_map_upsamples_then_normalises_to_unit_range():
     assert normalize(torch.tensor([-1.0, 1.0, 3.0]), "max").tolist() == pytest.approx([0.0, 1 / 3, 1.0])
 
 
+def test_minmax_subtracts_the_minimum():
+    assert normalize(torch.tensor([1.0, 2.0, 3.0]), "minmax").tolist() == pytest.approx([0.0, 0.5, 1.0])
+    m = torch.tensor([[-3.0, -1.0], [0.0, 5.0]])
+    out = normalize(m, "minmax")
+    assert out.min() == 0 and out.max() == 1
+    assert out.flatten().tolist() == pytest.approx([0.0, 2 / 8, 3 / 8, 1.0])
+    # the default mode is min-max, and to_image_map uses it
+    assert torch.equal(normalize(m), out)
+    assert to_image_map(torch.tensor([[2.0, 4.0]]), (1, 2)).tolist() == [[0.0, 1.0]]
+
+
 def test_render_tile_draws_contour_only_with_threshold():
     rgb = np.zeros((40, 40, 3), np.uint8)
     m = np.zeros((40, 40), np.float32)
