@@ -1,10 +1,12 @@
 """The generated testbed, its VOC reader, the evaluation metrics, TS-CAM, and training."""
 
+import csv
 import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from cam_core import Explainer
@@ -202,6 +204,40 @@ def test_evaluate_cli_on_a_tiny_testbed(testbed, tmp_path, capsys):
         assert 0 <= t["seed_mIoU"] <= 1 and t["images"] == 4 and "recall_body" in t and "per_class_IoU" in t
     assert "seed_mIoU" in capsys.readouterr().out
     backbones.BACKBONES.pop("tiny-testbed")
+    # The energy pointing game column, against the same score worked out here from the maps
+    epg = {row["method"]: float(row["energy_pointing_game"]) for row in csv.DictReader(lines) if row["image"] == "TOTAL"}
+    assert epg == {t["method"]: t["energy_pointing_game"] for t in totals}
+    for method in ("cam", "sipe"):
+        by_hand = _energy_pointing_game_by_hand(backbones.load_testbed(model), VOCDataset(testbed, "val"), method, 4)
+        assert epg[method] == pytest.approx(by_hand, abs=6e-5), method  # the CSV rounds to 4 places
+    assert epg["cam"] < 0.4  # the boxes hold a quarter of CAM's energy (0.76 if their complement were scored)
+
+
+def _energy_pointing_game_by_hand(backbone, dataset, method, limit):
+    """Mean over (image, class with boxes) of the share of the min-max normalised map (the
+    method's map, bilinear to the image, negatives as 0) that falls inside the class's boxes."""
+    ex = Explainer(backbone)
+    shares = []
+    for sample in list(dataset)[:limit]:
+        image = sample.image()
+        for c in sample.labels:
+            boxes = sample.boxes(c)
+            if not boxes:
+                continue
+            params = {"labels": ",".join(map(str, sample.labels))} if method == "sipe" else None
+            raw = ex.compute(image, method, c, params=params).map
+            m = F.interpolate(raw[None, None].float(), size=image.size, mode="bilinear", align_corners=False)[0, 0]
+            m = m.clamp_min(0).numpy().astype(np.float64)
+            inside = np.zeros(m.shape, bool)
+            for x1, y1, x2, y2 in boxes:
+                inside[y1 : y2 + 1, x1 : x2 + 1] = True
+            if m.max() == m.min():  # a constant map has no energy anywhere (normalised to zeros)
+                shares.append(0.0)
+                continue
+            m = (m - m.min()) / (m.max() - m.min())
+            shares.append(m[inside].sum() / m.sum())
+    assert shares
+    return float(np.mean(shares))
 
 
 @pytest.mark.parametrize("name", ["testbed-cnn", "testbed-vit"])
