@@ -43,3 +43,10 @@ def test_best_iou_sweeps_the_thresholds():
     assert score == pytest.approx(2 / 3) and t == 0.3
     assert best_iou(m, mask, thresholds=(0.8, 0.95)) == (0.5, 0.8)
     assert THRESHOLDS[0] == 0.05 and THRESHOLDS[-1] == 0.95 and len(THRESHOLDS) == 19
+
+
+def test_a_pixel_at_the_threshold_is_in_the_region():
+    m = np.array([[0.5, 0.5, 0.25, 0.0]], np.float32)  # exact in float32 and float64
+    mask = np.array([[True, True, False, False]])
+    assert best_iou(m, mask, thresholds=(0.5,)) == (1.0, 0.5)
+    assert best_iou(m, mask, thresholds=(0.25,)) == (2 / 3, 0.25)
