@@ -53,6 +53,25 @@ def test_gradient_is_the_analytic_one_on_toy():
     assert torch.allclose(grad, expected)
 
 
+def test_gradcampp_closed_form_by_hand_on_toy():
+    """alpha = g^2 / (2 g^2 + S g^3 + 1e-6), S the channel's activation sum, weight = sum of
+    ReLU(g) alpha. Red square A (64 px of 1.0) and green square B; class 0 = red evidence."""
+    img = squares_image(color_a=(255, 0, 0), color_b=(0, 255, 0))
+    s = 64.0
+    # GAP head: g = 4 / 1024 at every pixel, small enough that the 1e-6 matters
+    g = 4.0 / 1024
+    alpha = g * g / (2 * g * g + s * g**3 + 1e-6)
+    m = Explainer(toy_backbone()).compute(img, "gradcampp", target=0).map
+    torch.testing.assert_close(m[4:12, 4:12], torch.full((8, 8), 1024 * g * alpha), rtol=1e-5, atol=0)
+    assert m[20:28, 20:28].abs().max() == 0  # green: its gradient for class 0 is 0, so is its weight
+    # a head that pools 4 pixels of A only: g = 4 / 4 = 1 there, 0 elsewhere
+    region = torch.zeros(32, 32, dtype=torch.bool)
+    region[4:6, 4:6] = True
+    m = Explainer(toy_backbone(region)).compute(img, "gradcampp", target=0).map
+    torch.testing.assert_close(m[4:12, 4:12], torch.full((8, 8), 4 / (2 + s + 1e-6)), rtol=1e-5, atol=0)
+    assert m.sum() == pytest.approx(64 * 4 / (2 + s), rel=1e-5)
+
+
 def test_scorecam_weights_channels_by_class_probability_of_masked_input():
     ex = Explainer(toy_backbone())
     img = squares_image(color_a=(255, 0, 0), color_b=(0, 255, 0))
