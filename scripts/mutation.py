@@ -111,6 +111,11 @@ class ModuleResult:
         return self.killed / self.counted if self.counted else 1.0
 
 
+def die(message: str) -> None:
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
 def load_equivalents(path: Path = EQUIVALENTS) -> dict[str, Equivalent]:
     out = {}
     if not path.exists():
@@ -121,7 +126,7 @@ def load_equivalents(path: Path = EQUIVALENTS) -> dict[str, Equivalent]:
             continue
         parts = text.split(" | ", 1)
         if len(parts) != 2 or " | " not in parts[1]:
-            sys.exit(f"{path.name}:{n}: expected 'mutant | mutated line | reason', got {raw!r}")
+            die(f"{path.name}:{n}: expected 'mutant | mutated line | reason', got {raw!r}")
         line, reason = parts[1].rsplit(" | ", 1)
         out[parts[0].strip()] = Equivalent(parts[0].strip(), line.strip(), reason.strip())
     return out
@@ -189,7 +194,7 @@ def run_module(module: str, tests: list[str], equivalents: dict[str, Equivalent]
     if proc.returncode != 0:
         if not verbose:
             print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n", file=sys.stderr)
-        sys.exit(f"mutmut run failed on {module} (exit {proc.returncode}); see above")
+        die(f"mutmut run failed on {module} (exit {proc.returncode}); see above")
     listing = subprocess.run([exe, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True,
                              check=True).stdout
     status = {}
@@ -199,7 +204,7 @@ def run_module(module: str, tests: list[str], equivalents: dict[str, Equivalent]
             status[m.group(1)] = m.group(2).strip()
     result = ModuleResult(module, seconds, status)
     if status and result.killed == 0:
-        sys.exit(f"{module}: no mutant was killed: the tests did not run against the mutated copy")
+        die(f"{module}: no mutant was killed: the tests did not run against the mutated copy")
     for name, st in status.items():
         if st not in SURVIVED:
             continue
