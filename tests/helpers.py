@@ -148,3 +148,19 @@ def awkward_images() -> list[tuple[str, bytes, str | None]]:
         ("palette.gif", encode(pal, "GIF"), None),
         ("rotated.jpg", encode(Image.fromarray(rgb), "JPEG", exif=exif), None),
     ]
+
+
+def constant_channel_backbone(size=32) -> Backbone:
+    """ColorNet's red and green features plus a third feature channel that is 1 at every
+    pixel (zero weights, bias 1), which the head ignores: class 0 = 4 x mean red, class 1 =
+    4 x mean green. A constant channel localises nothing; Score-CAM must skip it."""
+    model = ColorNet(torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0]]))
+    model.conv = nn.Conv2d(3, 3, 1, bias=True)
+    with torch.no_grad():
+        model.conv.weight.copy_(torch.diag(torch.tensor([1.0, 1.0, 0.0]))[:, :, None, None])
+        model.conv.bias.copy_(torch.tensor([0.0, 0.0, 1.0]))
+    model = model.eval().requires_grad_(False)
+    return Backbone(
+        name="constant-channel", model=model, kind="cnn", input_size=(size, size), mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0), interpolation="nearest", class_names=["red", "green"], source="test",
+    )

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import pearson, squares_image, toy_backbone
+from helpers import color_backbone, constant_channel_backbone, pearson, squares_image, toy_backbone
 
-from cam_core import Cancelled, Explainer, MethodError, normalize, to_image_map
+from cam_core import Cancelled, Explainer, MethodError, from_array, normalize, to_image_map
 from cam_core.methods import METHODS
 
 GRADIENT_METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam"]
@@ -53,6 +53,25 @@ def test_gradient_is_the_analytic_one_on_toy():
     assert torch.allclose(grad, expected)
 
 
+def test_gradcampp_closed_form_by_hand_on_toy():
+    """alpha = g^2 / (2 g^2 + S g^3 + 1e-6), S the channel's activation sum, weight = sum of
+    ReLU(g) alpha. Red square A (64 px of 1.0) and green square B; class 0 = red evidence."""
+    img = squares_image(color_a=(255, 0, 0), color_b=(0, 255, 0))
+    s = 64.0
+    # GAP head: g = 4 / 1024 at every pixel, small enough that the 1e-6 matters
+    g = 4.0 / 1024
+    alpha = g * g / (2 * g * g + s * g**3 + 1e-6)
+    m = Explainer(toy_backbone()).compute(img, "gradcampp", target=0).map
+    torch.testing.assert_close(m[4:12, 4:12], torch.full((8, 8), 1024 * g * alpha), rtol=1e-5, atol=0)
+    assert m[20:28, 20:28].abs().max() == 0  # green: its gradient for class 0 is 0, so is its weight
+    # a head that pools 4 pixels of A only: g = 4 / 4 = 1 there, 0 elsewhere
+    region = torch.zeros(32, 32, dtype=torch.bool)
+    region[4:6, 4:6] = True
+    m = Explainer(toy_backbone(region)).compute(img, "gradcampp", target=0).map
+    torch.testing.assert_close(m[4:12, 4:12], torch.full((8, 8), 4 / (2 + s + 1e-6)), rtol=1e-5, atol=0)
+    assert m.sum() == pytest.approx(64 * 4 / (2 + s), rel=1e-5)
+
+
 def test_scorecam_weights_channels_by_class_probability_of_masked_input():
     ex = Explainer(toy_backbone())
     img = squares_image(color_a=(255, 0, 0), color_b=(0, 255, 0))
@@ -75,6 +94,26 @@ def test_scorecam_sigmoid_score_for_multi_label_heads():
     assert torch.allclose(m[20:28, 20:28], torch.full((8, 8), 0.5))
     with pytest.raises(MethodError, match="must be one of"):
         ex.compute(img, "scorecam", target=0, params={"score": "logit"})
+
+
+def test_scorecam_skips_a_constant_channel():
+    """A channel equal to 1 everywhere masks the input with zeros (min-max of a constant is
+    0 here): unskipped, it would score p = 0.5 for the black image and add 0.5 to every
+    pixel, lighting the background. Skipped (as the official code), the background stays 0
+    and only the two varying channels are scored."""
+    ex = Explainer(constant_channel_backbone())
+    img = squares_image(color_a=(255, 0, 0), color_b=(0, 255, 0))
+    reported = []
+    res = ex.compute(img, "scorecam", target=0, progress=lambda done, total: reported.append((done, total)))
+    m = normalize(res.map, "max")
+    background = torch.ones(32, 32, dtype=torch.bool)
+    background[4:12, 4:12] = background[20:28, 20:28] = False
+    assert m[background].max() == 0
+    s_red, s_green = torch.sigmoid(torch.tensor(0.25)), torch.sigmoid(torch.tensor(-0.25))
+    assert torch.allclose(res.map[4:12, 4:12], s_red.expand(8, 8))
+    assert torch.allclose(res.map[20:28, 20:28], s_green.expand(8, 8))
+    assert reported and {total for _, total in reported} == {2} and reported[-1] == (2, 2)
+    assert res.note.startswith("2 of 3 channels vary")
 
 
 def test_scorecam_matches_a_plain_one_channel_loop(resnet18, cat):
@@ -285,6 +324,32 @@ def test_one_forward_and_one_gradient_shared_by_all_gradient_methods(lite0, cat)
     assert list(fwd.gradient_ms) == [ex.targets(cat)[0]]
     ex.explain(cat, GRADIENT_METHODS, target="top3")
     assert ex.stats["forwards"] == 1 and len(fwd.gradient_ms) == 3
+
+
+def test_mirrored_features_are_mirrored_back():
+    """A per-pixel model (1 x 1 conv + ReLU) commutes with mirroring, so the features of the
+    mirrored image, mirrored back, are the image's own features at every scale (LPCAM's
+    multi-scale inputs add the two). The image is asymmetric: unflipped features differ."""
+    ex = Explainer(color_backbone([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    fwd = ex.forward(from_array(rgb))
+    for scale in (1.0, 0.5, 1.5):
+        plain, mirrored = fwd.features_at(scale, flip=False), fwd.features_at(scale, flip=True)
+        assert plain.shape == mirrored.shape == (3, round(32 * scale), round(32 * scale))
+        assert not torch.allclose(plain, plain.flip(-1), atol=1e-3)
+        torch.testing.assert_close(mirrored, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fwd.features_at(1.0), fwd.head_features)
+
+
+def test_map_cache_tells_layers_apart(resnet18, cat):
+    """One Explainer, one image, one method, one class, two layers: two different maps."""
+    ex = Explainer(resnet18)
+    deep = ex.compute(cat, "gradcam", 0, "layer4")
+    mid = ex.compute(cat, "gradcam", 0, "layer3")
+    assert deep.map.shape == (7, 7) and deep.layer == "layer4"
+    assert mid.map.shape == (14, 14) and mid.layer == "layer3"
+    assert ex.compute(cat, "gradcam", 0, "layer4").map.shape == (7, 7)
+    assert ex.stats["maps:gradcam"] == 2  # the third call came from the cache
 
 
 def test_maps_stay_on_the_backbone_device(resnet18, cat):

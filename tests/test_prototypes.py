@@ -95,6 +95,26 @@ def test_sipe_iou_seed_rule_by_hand():
     assert seeds_full_bg.tolist() == [1, 1, 0, 0]
 
 
+def test_sipe_with_two_labels_returns_the_targets_map():
+    """Red is class 0, blue class 1, on a green background. With both labels, SIPE makes one
+    IS-CAM per label (background first) and returns the target's: red pixels are cosine 1 to
+    the red seed region's mean, blue pixels cosine 0 (and the other way round for class 1)."""
+    ex = Explainer(color_backbone([[4.0, 0.0, 0.0], [0.0, 0.0, 4.0]]))
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[:, :] = (0, 255, 0)
+    rgb[4:12, 4:12] = (255, 0, 0)
+    rgb[20:28, 16:28] = (0, 0, 255)
+    img = from_array(rgb, "red_blue.png")
+    red, blue = (slice(4, 12), slice(4, 12)), (slice(20, 28), slice(16, 28))
+    for target, mine, other in ((0, red, blue), (1, blue, red)):
+        res = ex.compute(img, "sipe", target, params={"labels": "0,1"})
+        assert res.extras["labels"] == ["background", target, 1 - target]
+        torch.testing.assert_close(res.map, res.extras["is_cam"][1])
+        assert res.map[mine].min() == pytest.approx(1.0, abs=1e-5)
+        assert res.map[other].max() == pytest.approx(0.0, abs=1e-5)
+        assert (res.extras["seeds"][mine] == 1).all() and (res.extras["seeds"][other] == 2).all()
+
+
 def test_is_cam_is_cosine_to_the_seed_mean_prototype(resnet18, cat):
     ex = Explainer(resnet18)
     res = ex.compute(cat, "sipe", params={"multiscale": False})

@@ -1,10 +1,12 @@
 """The generated testbed, its VOC reader, the evaluation metrics, TS-CAM, and training."""
 
+import csv
 import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from cam_core import Explainer
@@ -104,15 +106,12 @@ def test_metrics_on_hand_made_masks():
     assert 0.05 in THRESHOLDS and 0.95 in THRESHOLDS
 
 
-def test_tscam_is_attention_times_token_logits_by_hand(deit, cat):
-    ex = Explainer(deit)
-    fwd = ex.forward(cat)
-    target = int(fwd.probs.argmax())
-    res = ex.compute(cat, "tscam", target)
-    # by hand, from the blocks' own attention (recomputed here from q and k) and the tokens
+def _deit_by_hand(deit, cat):
+    """Each block's head-averaged softmax attention (197 x 197, recomputed here from q and k)
+    and the final patch tokens (196 x D), without the engine's taps."""
     x = deit.preprocess(cat.rgb)
     m = deit.model
-    attn_sum = torch.zeros(197, 197)
+    attentions = []
     with torch.no_grad():
         t = m.patch_embed(x)
         t = m._pos_embed(t)
@@ -122,11 +121,21 @@ def test_tscam_is_attention_times_token_logits_by_hand(deit, cat):
             qkv = blk.attn.qkv(y).reshape(1, 197, 3, blk.attn.num_heads, -1).permute(2, 0, 3, 1, 4)
             q, k = qkv[0], qkv[1]
             a = (q * blk.attn.scale @ k.transpose(-2, -1)).softmax(-1)[0]  # heads x N x N
-            attn_sum += a.mean(0)
+            attentions.append(a.mean(0))
             t = blk(t)
         tokens = m.norm(t)[0, 1:]  # 196 x D
+    return attentions, tokens
+
+
+def test_tscam_is_attention_times_token_logits_by_hand(deit, cat):
+    ex = Explainer(deit)
+    fwd = ex.forward(cat)
+    target = int(fwd.probs.argmax())
+    res = ex.compute(cat, "tscam", target)
+    attentions, tokens = _deit_by_hand(deit, cat)
+    attn_sum = torch.stack(attentions).sum(0)
     agnostic = attn_sum[0, 1:].reshape(14, 14)
-    semantic = (tokens @ m.head.weight[target]).reshape(14, 14)  # the linear head on each token, no bias
+    semantic = (tokens @ deit.model.head.weight[target]).reshape(14, 14)  # the linear head on each token, no bias
     assert torch.allclose(res.map, agnostic * semantic, atol=1e-4)
     assert res.approximate  # a class-token model: the token logits are an approximation
 
@@ -135,6 +144,21 @@ def test_rollout_rows_are_probabilities(deit, cat):
     res = Explainer(deit).compute(cat, "rollout")
     assert res.map.shape == (14, 14) and (res.map >= 0).all()
     assert 0 < float(res.map.sum()) < 1  # the class token's row, less its weight on itself
+
+
+def test_rollout_is_the_product_of_attention_with_the_residual_by_hand(deit, cat):
+    """Abnar & Zuidema: per block 0.5 A + 0.5 I (rows sum to 1 already, renormalised anyway),
+    multiplied from the first block to the last; the class token's row to the patches."""
+    attentions, _ = _deit_by_hand(deit, cat)
+    eye = torch.eye(197)
+    joint = eye
+    for a in attentions:
+        joint = (0.5 * a + 0.5 * eye) @ joint
+    expected = joint[0, 1:].reshape(14, 14)
+    res = Explainer(deit).compute(cat, "rollout")
+    # A random ViT attends almost uniformly: the map's values are all ~0.005 and dropping the
+    # residual moves them by ~1e-4 (2 %), while the two computations agree to ~3e-9.
+    torch.testing.assert_close(res.map, expected, atol=1e-7, rtol=1e-5)
 
 
 def test_two_step_training_smoke_run_and_the_model_loads(testbed, tmp_path):
@@ -180,6 +204,40 @@ def test_evaluate_cli_on_a_tiny_testbed(testbed, tmp_path, capsys):
         assert 0 <= t["seed_mIoU"] <= 1 and t["images"] == 4 and "recall_body" in t and "per_class_IoU" in t
     assert "seed_mIoU" in capsys.readouterr().out
     backbones.BACKBONES.pop("tiny-testbed")
+    # The energy pointing game column, against the same score worked out here from the maps
+    epg = {row["method"]: float(row["energy_pointing_game"]) for row in csv.DictReader(lines) if row["image"] == "TOTAL"}
+    assert epg == {t["method"]: t["energy_pointing_game"] for t in totals}
+    for method in ("cam", "sipe"):
+        by_hand = _energy_pointing_game_by_hand(backbones.load_testbed(model), VOCDataset(testbed, "val"), method, 4)
+        assert epg[method] == pytest.approx(by_hand, abs=6e-5), method  # the CSV rounds to 4 places
+    assert epg["cam"] < 0.4  # the boxes hold a quarter of CAM's energy (0.76 if their complement were scored)
+
+
+def _energy_pointing_game_by_hand(backbone, dataset, method, limit):
+    """Mean over (image, class with boxes) of the share of the min-max normalised map (the
+    method's map, bilinear to the image, negatives as 0) that falls inside the class's boxes."""
+    ex = Explainer(backbone)
+    shares = []
+    for sample in list(dataset)[:limit]:
+        image = sample.image()
+        for c in sample.labels:
+            boxes = sample.boxes(c)
+            if not boxes:
+                continue
+            params = {"labels": ",".join(map(str, sample.labels))} if method == "sipe" else None
+            raw = ex.compute(image, method, c, params=params).map
+            m = F.interpolate(raw[None, None].float(), size=image.size, mode="bilinear", align_corners=False)[0, 0]
+            m = m.clamp_min(0).numpy().astype(np.float64)
+            inside = np.zeros(m.shape, bool)
+            for x1, y1, x2, y2 in boxes:
+                inside[y1 : y2 + 1, x1 : x2 + 1] = True
+            if m.max() == m.min():  # a constant map has no energy anywhere (normalised to zeros)
+                shares.append(0.0)
+                continue
+            m = (m - m.min()) / (m.max() - m.min())
+            shares.append(m[inside].sum() / m.sum())
+    assert shares
+    return float(np.mean(shares))
 
 
 @pytest.mark.parametrize("name", ["testbed-cnn", "testbed-vit"])
