@@ -249,7 +249,12 @@ def pxap(true_hist: np.ndarray, false_hist: np.ndarray) -> float:
 FAITHFULNESS = ("deletion", "insertion", "average_drop", "increase", "road")
 GROUND_TRUTH = ("energy", "pointing", "best_iou")
 SCORES = ("softmax", "sigmoid")
-AUTO_BATCH = {"cpu": 16, "cuda": 128}  # perturbed inputs per forward when batch_size = 0
+# Perturbed inputs per forward when batch_size = 0 (bench/bench_metrics.py, Lite0, 224², a
+# deletion game of 225 inputs on the 2-core CPU): with torch on 2 threads, batches of 4 took
+# 2.3 s, single inputs 4.0 s, batches of 16 4.3-6.3 s (the activations outgrow the cache);
+# with one thread (a Ray actor) single inputs were fastest (6.5 s, batches of 2: 8.1 s).
+# A GPU wants large batches.
+AUTO_BATCH = {"cpu": 4, "cpu-1-thread": 1, "cuda": 128}
 
 
 class _Steps:
@@ -273,7 +278,11 @@ class _Steps:
 
 
 def _batch_size(batch_size: int, device: torch.device) -> int:
-    return batch_size if batch_size > 0 else AUTO_BATCH["cuda" if device.type == "cuda" else "cpu"]
+    if batch_size > 0:
+        return batch_size
+    if device.type == "cuda":
+        return AUTO_BATCH["cuda"]
+    return AUTO_BATCH["cpu-1-thread" if torch.get_num_threads() == 1 else "cpu"]
 
 
 def _class_scores(model: torch.nn.Module, batch: torch.Tensor, target: int, score: str) -> torch.Tensor:
