@@ -19,6 +19,12 @@ Bad input (arguments, an unwritable DIR, an unreadable image, a write that fails
 output is not finite (NaN/inf weights) gives a ``warning: ...`` line, a per-image ``warnings``
 entry in summary.json, and exit code 2 too. An internal error on one image is reported on one
 line and does not stop the batch either (exit code 1).
+
+``--metrics LIST`` (with ``--mask FILE`` or ``--box X0,Y0,X1,Y1`` for the ground-truth ones)
+adds ``"metrics"`` to each method's record in summary.json: energy, pointing, best_iou (and
+best_iou_threshold) of the map against the region; deletion, insertion, average_drop,
+increase, road of the map for the explained class (cam_core.metrics). Given a mask or a box
+and no --metrics, the ground-truth metrics are computed.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import os
 import re
 import secrets
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -44,14 +51,22 @@ from .engine import Explainer, InputSizeError, LayerError, resolve_input_size
 from .images import ImageError, load_image
 from .kmeans import KMeansError
 from .methods import METHODS, Cancelled, MethodError, get_method
+from .methods.base import NEEDS_BANK
+from .metrics import FAITHFULNESS, GROUND_TRUTH, SCORES, best_iou, boxes_mask, energy_inside, faithfulness, pointing_game
 from .prototypes import BankError, PrototypeBank, build_bank, folder_items
 from .render import COLORMAPS, NORMALISATIONS, overlay, to_image_map
 from .targets import TargetError, top_predictions
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 1
+
+
+class GroundTruthError(ValueError):
+    """--mask or --box does not fit an image; the message is meant for the user."""
+
+
 USER_ERRORS = (ImageError, TargetError, LayerError, InputSizeError, MethodError, BackboneError, BankError, KMeansError,
-               Cancelled)
+               Cancelled, GroundTruthError)
 SUMMARY = "summary.json"
 NOT_FINITE = "the model's output is not finite (NaN/inf weights?): its predictions and maps are meaningless"
 
@@ -100,6 +115,75 @@ def _parse_params(items: list[str], methods: list[str]) -> dict[str, dict]:
         out.setdefault(method, {})[name] = value
     for method, given in out.items():
         out[method] = get_method(method).resolve_params(given)
+    return out
+
+
+def _metric_list(text: str | None, allowed: tuple[str, ...]) -> list[str]:
+    """--metrics a,b -> the names in canonical order; 'all' = every allowed name."""
+    if text is None:
+        return []
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if names == ["all"]:
+        return list(allowed)
+    unknown = [m for m in names if m not in allowed]
+    if unknown:
+        raise MethodError(f"unknown metric {', '.join(repr(m) for m in unknown)}; choose from {', '.join(allowed)} or all")
+    return [m for m in allowed if m in names]
+
+
+def _box(text: str) -> tuple[int, int, int, int]:
+    try:
+        x0, y0, x1, y1 = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X0,Y0,X1,Y1 (four integers, pixels), got {text!r}") from None
+    if x1 < x0 or y1 < y0 or min(x0, y0) < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 <= X0 <= X1 and 0 <= Y0 <= Y1, got {text!r}")
+    return x0, y0, x1, y1
+
+
+def _load_mask(path: str) -> np.ndarray:
+    """A mask image: its non-zero pixels are the object (a palette mask's 255, VOC's void
+    border, is left out)."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+            palette = im.mode == "P"
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"--mask {path}: cannot read it as an image ({getattr(exc, 'strerror', None) or exc})") from None
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=-1)
+    mask = (arr > 0) & (arr != 255) if palette else arr > 0
+    if not mask.any():
+        raise ImageError(f"--mask {path} has no object pixel (every pixel is 0)")
+    return mask
+
+
+def _ground_truth(args, size: tuple[int, int]) -> np.ndarray | None:
+    """The region of --mask or --box on an image of this (height, width), or None."""
+    h, w = size
+    if args.mask is not None:
+        mask = args.mask_array
+        if mask.shape != (h, w):
+            raise GroundTruthError(f"--mask is {mask.shape[1]} x {mask.shape[0]} pixels, the image {w} x {h}")
+        return mask
+    if args.box is not None:
+        x0, y0, x1, y1 = args.box
+        if x0 >= w or y0 >= h:
+            raise GroundTruthError(f"--box {x0},{y0},{x1},{y1} lies outside the image ({w} x {h})")
+        return boxes_mask([args.box], (h, w))
+    return None
+
+
+def _gt_metrics(m_minmax: np.ndarray, region: np.ndarray, names: list[str]) -> dict:
+    out: dict = {}
+    if "energy" in names:
+        out["energy"] = round(energy_inside(m_minmax, region), 6)
+    if "pointing" in names:
+        out["pointing"] = pointing_game(m_minmax, region)
+    if "best_iou" in names:
+        value, t = best_iou(m_minmax, region)
+        out["best_iou"] = round(value, 6)
+        out["best_iou_threshold"] = t
     return out
 
 
@@ -215,6 +299,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
         out_dir = Path(args.out)
         if args.target not in (None, "auto") and args.target.lower().startswith("top") and args.target.lower() not in ("top1", "top-1"):
             raise TargetError("the CLI explains one class per image: use --target N, a class name, or auto")
+        has_gt = args.mask is not None or args.box is not None
+        args.metric_names = _metric_list(args.metrics, GROUND_TRUTH + FAITHFULNESS)
+        if args.metrics is None and has_gt:
+            args.metric_names = list(GROUND_TRUTH)
+        needs_gt = [m for m in args.metric_names if m in GROUND_TRUTH]
+        if needs_gt and not has_gt:
+            raise MethodError(f"--metrics {','.join(needs_gt)} compares the map with a ground truth: give --mask FILE "
+                              "or --box X0,Y0,X1,Y1")
+        args.mask_array = _load_mask(args.mask) if args.mask is not None else None
         created = _prepare_out(out_dir, args.overwrite)
         backbone = load_backbone(
             args.backbone, args.device, checkpoint=args.checkpoint, num_classes=args.num_classes, class_names=args.class_names
@@ -299,6 +392,20 @@ def _explain_one(explainer, image, methods, params, args, out_real: Path, used: 
     else:
         warnings += [f"{m}: the map has non-finite values (NaN/inf), written as 0"
                      for m, res in results.items() if not bool(torch.isfinite(res.map).all())]
+    # metrics before the folder is made: a mask of the wrong size leaves nothing behind
+    names = getattr(args, "metric_names", [])
+    region = _ground_truth(args, image.size) if any(m in GROUND_TRUTH for m in names) else None
+    faith = [m for m in names if m in FAITHFULNESS]
+    scores = {}
+    for m, res in results.items():
+        scores[m] = _gt_metrics(to_image_map(res.map, image.size, "minmax"), region, names) if region is not None else {}
+        if faith:
+            progress = None
+            if sys.stderr.isatty():
+                def progress(metric, done, total, m=m):
+                    print(f"\r{m} {metric}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
+            scores[m].update({k: round(v, 6) for k, v in faithfulness(
+                fwd, res.map, target, faith, score=args.metric_score, progress=progress).items()})
     folder = _image_folder(out_real, image.stem, used)
     record = {
         "folder": folder.name,
@@ -331,6 +438,8 @@ def _explain_one(explainer, image, methods, params, args, out_real: Path, used: 
             "npy": f"{folder.name}/{m}.npy",
             "png": f"{folder.name}/{m}.png",
         }
+        if names:
+            record["methods"][m]["metrics"] = scores[m]
     return record
 
 
@@ -387,21 +496,33 @@ def cmd_testbed_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, write_results
+    from .distributed import EngineError
+    from .evaluate import InProcess, RowStore, StoreError, evaluate, rows_path, write_results
     from .voc import DatasetError, VOCDataset
 
     try:
         methods = _method_list(args.methods)
         params = _parse_params(args.param or [], methods)
+        metrics = [m for m in _metric_list(args.metrics, GROUND_TRUTH + FAITHFULNESS) if m in FAITHFULNESS]
         dataset = VOCDataset(args.dataset, args.split)
+        engine = InProcess()
+        if args.engine == "ray":
+            from .distributed import RayEngine
+
+            engine = RayEngine(address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                               gpus_per_worker=args.gpus_per_worker)
+        elif any(v is not None for v in (args.address, args.workers, args.gpus_per_worker)):
+            raise MethodError("--address, --workers and --gpus-per-worker go with --engine ray")
         explainer = Explainer(load_backbone(args.backbone, args.device))
         bank = None
-        if "lpcam" in methods and args.bank_from:
+        if args.bank_from and any(NEEDS_BANK in get_method(m).needs for m in methods):
             train = VOCDataset(args.dataset, args.bank_from)
             items = [(s.image(), s.labels) for s in train if s.labels]
-            print(f"LPCAM bank from the {args.bank_from} split: {len(items)} images", file=sys.stderr)
+            print(f"prototype bank from the {args.bank_from} split: {len(items)} images", file=sys.stderr)
             bank = build_bank(explainer, items, name=f"{Path(args.dataset).name}/{args.bank_from}").bank
-    except (*USER_ERRORS, DatasetError, ValueError) as exc:
+        run = {"backbone": explainer.backbone.name, "dataset": str(Path(args.dataset).resolve()), "split": args.split}
+        store = RowStore(rows_path(args.out), run, restart=args.restart)
+    except (*USER_ERRORS, DatasetError, EngineError, ValueError) as exc:
         _fail(str(exc))
         return EXIT_BAD_INPUT
 
@@ -410,20 +531,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"{done}/{total} images", file=sys.stderr)
 
     rows: list = []
+    t0 = time.perf_counter()
     try:
-        summaries = evaluate(dataset, explainer, methods, params, bank=bank, limit=args.limit,
-                             progress=progress, rows_out=rows)
-    except (*USER_ERRORS, ValueError) as exc:
-        _fail(str(exc))
+        summaries = evaluate(dataset, explainer, methods, params, bank=bank, limit=args.limit, progress=progress,
+                             rows_out=rows, metrics=metrics, metric_score=args.metric_score, engine=engine,
+                             store=store)
+    except (*USER_ERRORS, StoreError, EngineError, ValueError) as exc:
+        _fail(str(getattr(exc, "cause", None) or exc))  # a Ray worker's error: the original one
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _fail(f"interrupted: the rows of finished images are in {rows_path(args.out)}; run the same command "
+              "again to resume")
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # Ray's errors (a cluster that cannot be reached, a worker lost for good)
+        if type(exc).__module__.split(".")[0] not in ("ray", "cam_core"):
+            raise
+        _fail(f"{args.engine} engine: {type(exc).__name__}: {exc}")
+        return EXIT_BAD_INPUT
+    seconds = time.perf_counter() - t0
     write_results(args.out, summaries, rows)
     keys = ["seed_mIoU", "best_bg_threshold", "fg_precision", "fg_recall", "recall_body", "recall_part",
-            "gt_known_loc", "top1_loc", "energy_pointing_game", "seconds_per_image"]
-    print(f"{explainer.backbone.name} on {args.dataset} ({args.split}, {summaries[0]['images'] if summaries else 0} images)")
+            "gt_known_loc", "top1_loc", "energy_pointing_game", "pointing_game", "maxboxacc_v2", "pxap",
+            *metrics, "seconds_per_image"]
+    print(f"{explainer.backbone.name} on {args.dataset} ({args.split}, {summaries[0]['images'] if summaries else 0} "
+          f"images, {engine.name} engine, {seconds:.1f} s)")
     print(f"{'method':12s} " + " ".join(f"{k[:11]:>11s}" for k in keys))
     for s in summaries:
         print(f"{s['method']:12s} " + " ".join(f"{s.get(k, float('nan')):11.3f}" for k in keys))
-    print(f"-> {args.out} and {Path(args.out).with_suffix('.json')}")
+    print(f"-> {args.out}, {Path(args.out).with_suffix('.json')} and {rows_path(args.out)}")
     return 0
 
 
@@ -474,6 +609,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=_positive_int, default=None, help="classes of --checkpoint's head")
     p.add_argument("--class-names", default=None, help="text file, one class name per line")
     p.add_argument("--bank", default=None, help="LPCAM prototype bank (.safetensors from `bank build` or the app)")
+    gt = p.add_mutually_exclusive_group()
+    gt.add_argument("--mask", default=None, metavar="FILE", help="ground-truth mask image (non-zero = object), "
+                    "the image's size; enables the ground-truth metrics")
+    gt.add_argument("--box", type=_box, default=None, metavar="X0,Y0,X1,Y1",
+                    help="ground-truth box in image pixels (inclusive); enables the ground-truth metrics")
+    p.add_argument("--metrics", default=None, metavar="LIST",
+                   help=f"comma-separated, or all: {', '.join(GROUND_TRUTH)} (need --mask/--box), "
+                        f"{', '.join(FAITHFULNESS)}; written per method in summary.json")
+    p.add_argument("--metric-score", default="softmax", choices=SCORES,
+                   help="class score of the faithfulness metrics: softmax (the papers') or the class's sigmoid")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("bank", help="LPCAM prototype banks")
@@ -519,6 +664,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=None, help="first N images only")
     p.add_argument("--bank-from", default="train", help="split whose images build LPCAM's bank ('' = each image's own)")
     p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE")
+    p.add_argument("--metrics", default=None, metavar="LIST",
+                   help=f"faithfulness columns, comma-separated or all: {', '.join(FAITHFULNESS)} "
+                        "(of the top-1 class's map; the ground-truth metrics are always computed)")
+    p.add_argument("--metric-score", default="softmax", choices=SCORES,
+                   help="class score of the faithfulness metrics: softmax, or sigmoid for multi-label heads")
+    p.add_argument("--engine", default="inprocess", choices=("inprocess", "ray"),
+                   help="inprocess: here, one image after the other; ray: Ray actors (pip install -r requirements-ray.txt)")
+    p.add_argument("--address", default=None, help="Ray cluster to join (HOST:PORT or auto); default: start a local Ray")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="Ray actors, each holding the model (default: one per GPU, else one per --cpus-per-worker CPUs)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs (and torch threads) of each Ray actor")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPU share of each Ray actor (default 1 when the cluster has GPUs; 0.5 = two per GPU)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the rows an earlier run left beside --out (default: resume from them)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("list", help="list backbones and methods")

@@ -106,6 +106,17 @@ class PrototypeBank:
         self._lock = threading.Lock()
         self._key: str | None = None
 
+    # ----- pickling (a distributed evaluation ships the bank to its workers) ----------------
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_clusters"] = OrderedDict()  # a cache, rebuilt where it is used
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     # ----- identity ----------------------------------------------------------------------
     @property
     def key(self) -> str:

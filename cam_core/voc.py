@@ -78,6 +78,39 @@ class VOCSample:
     def boxes(self, cls: int) -> list[tuple[int, int, int, int]]:
         return [o.box for o in self.objects if o.cls == cls]
 
+    def load(self) -> "LoadedSample":
+        """This sample with its files read into memory (see LoadedSample)."""
+        return LoadedSample(
+            id=self.id, class_names=self.class_names, image_bytes=self.image_path.read_bytes(),
+            image_name=self.image_path.name, mask=self.mask, parts=self.parts, objects=tuple(self.objects),
+        )
+
+
+@dataclass(frozen=True)
+class LoadedSample:
+    """A sample whose image file, masks and boxes are in memory: what a worker of a distributed
+    evaluation receives, so that it needs no access to the dataset's folder. Same interface
+    as VOCSample (id, image(), mask, parts, labels, objects, boxes(cls))."""
+
+    id: str
+    class_names: tuple[str, ...]
+    image_bytes: bytes
+    image_name: str
+    mask: np.ndarray
+    parts: np.ndarray | None
+    objects: tuple[VOCObject, ...]
+
+    def image(self) -> LoadedImage:
+        return load_image(self.image_bytes, name=self.image_name)
+
+    @property
+    def labels(self) -> list[int]:
+        values = np.unique(self.mask)
+        return [int(v) - 1 for v in values if 0 < v < VOID]
+
+    def boxes(self, cls: int) -> list[tuple[int, int, int, int]]:
+        return [o.box for o in self.objects if o.cls == cls]
+
 
 class VOCDataset:
     """The samples of one split of a VOC-layout folder. Class names from the folder's
