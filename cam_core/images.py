@@ -99,6 +99,16 @@ def _to_8bit(img: Image.Image, notes: list[str]) -> Image.Image:
     return Image.fromarray(arr8, mode="L")
 
 
+def _depth_and_cmyk(img: Image.Image, notes: list[str]) -> Image.Image:
+    """The first conversions of every loader: high bit depths to 8 bit, CMYK to RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        img = _to_8bit(img, notes)
+    if img.mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+        img = img.convert("RGB")
+    return img
+
+
 def _flatten_alpha(img: Image.Image, notes: list[str]) -> Image.Image:
     rgba = img.convert("RGBA")
     alpha = np.asarray(rgba)[:, :, 3]
@@ -203,11 +213,7 @@ def _from_pil(img: Image.Image, name: str, max_pixels: int) -> LoadedImage:
         img = ImageOps.exif_transpose(img)
         notes.append("rotated according to its EXIF orientation")
 
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        img = _to_8bit(img, notes)
-    if img.mode == "CMYK":
-        notes.append("CMYK converted to RGB")
-        img = img.convert("RGB")
+    img = _depth_and_cmyk(img, notes)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = _flatten_alpha(img, notes)
     elif img.mode != "RGB":
@@ -352,11 +358,7 @@ def _load_downscaled(data: bytes, name: str, max_side: int) -> LoadedImage:
     # load_image's conversions, each where it is cheapest: bit depth and CMYK before the
     # resize (as load_image); alpha composited on white after it (the resize weights colours
     # by alpha); grey made three channels after it.
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        img = _to_8bit(img, notes)
-    if img.mode == "CMYK":
-        notes.append("CMYK converted to RGB")
-        img = img.convert("RGB")
+    img = _depth_and_cmyk(img, notes)
     alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
     if alpha:
         img = img.convert("RGBA")
