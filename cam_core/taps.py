@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 
-import torch
 from torch import nn
 
 # The tap of the forward pass running in this thread (or asyncio task), if any.

@@ -211,8 +211,8 @@ def _refusal(model: nn.Module, executed, classifiers, norm) -> str:
         groups.setdefault(key, []).append(_describe(m))
         labels[key] = type(modules[key]).__name__ if key != n else _describe(m)
     if not groups:
-        return (f"its logits are neither a linear map of its average-pooled features nor of its class token "
-                f"(checked on a probe input), so no class map W.F adds up to them")
+        return ("its logits are neither a linear map of its average-pooled features nor of its class token "
+                "(checked on a probe input), so no class map W.F adds up to them")
     parts = [f"{k} ({labels[k]})" if len(v) == 1 and k in dict(offenders) else f"{k} ({labels[k]}: {', '.join(v)})"
              for k, v in groups.items()]
     listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
