@@ -123,7 +123,10 @@ def _check_zoo_model(bb: Backbone, expected, image) -> dict[str, str]:
             ex.compute(image, method)
     results = {}
     for method in sorted(set(METHODS) - refused - {"scorecam"}):  # Score-CAM: its top-N variant, 2 channels
-        params = {"scorecam_topn": {"channels": 2, "batch_size": 2}, "lpcam": {"k": 4}}.get(method)
+        # LPCAM and SIPE at one scale: their grids are then the features' (multi-scale maps are
+        # at the input size; tests/test_prototypes.py covers that path)
+        params = {"scorecam_topn": {"channels": 2, "batch_size": 2}, "lpcam": {"k": 4, "multiscale": False},
+                  "sipe": {"multiscale": False}}.get(method)
         res = ex.compute(image, method, params=params)
         m = res.map
         assert torch.isfinite(m).all(), method
