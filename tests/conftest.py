@@ -2,7 +2,8 @@ import os
 
 import pytest
 import torch
-from helpers import SAMPLES
+from streamlit.testing.v1 import AppTest
+from helpers import ROOT, SAMPLES
 
 from cam_core import load_backbone, load_image
 
@@ -37,3 +38,12 @@ def cat():
 @pytest.fixture(scope="session")
 def dog():
     return load_image(SAMPLES / "dog.jpg")
+
+
+@pytest.fixture
+def app():
+    """The app, run once from app.py (the page tests' starting point)."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at

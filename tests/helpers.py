@@ -164,3 +164,8 @@ def constant_channel_backbone(size=32) -> Backbone:
         name="constant-channel", model=model, kind="cnn", input_size=(size, size), mean=(0.0, 0.0, 0.0),
         std=(1.0, 1.0, 1.0), interpolation="nearest", class_names=["red", "green"], source="test",
     )
+
+
+def page_titles(at):
+    """The bold one-line titles a page shows (a tile's method label, ...)."""
+    return [m.value.strip("*") for m in at.markdown if m.value.startswith("**") and m.value.endswith("**")]

@@ -3,23 +3,9 @@
 import io
 
 import pytest
-from helpers import ROOT, awkward_images
+from helpers import ROOT, awkward_images, page_titles
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
-APP = str(ROOT / "app.py")
-
-
-@pytest.fixture
-def app():
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def _titles(at):
-    return [m.value.strip("*") for m in at.markdown if m.value.startswith("**") and m.value.endswith("**")]
 
 
 def _tile_captions(at):
@@ -33,14 +19,14 @@ def _stats(at):
 def test_opens_with_sample_and_offline_lite0(app):
     assert app.selectbox(key="backbone_choice").value == "efficientnet_lite0"
     assert app.selectbox(key="sample").value == "cat.png"
-    assert _titles(app) == ["CAM", "Grad-CAM", "Grad-CAM++", "LayerCAM", "Eigen-CAM"]
+    assert page_titles(app) == ["CAM", "Grad-CAM", "Grad-CAM++", "LayerCAM", "Eigen-CAM"]
     assert any("Egyptian cat" in b.label for b in app.button)
     assert not app.error
 
 
 def test_choosing_methods_makes_tiles(app):
     app.multiselect(key="methods").set_value(["hirescam", "xgradcam", "cam"]).run()
-    assert _titles(app) == ["HiResCAM", "XGrad-CAM", "CAM"]
+    assert page_titles(app) == ["HiResCAM", "XGrad-CAM", "CAM"]
     captions = _tile_captions(app)
     assert len(captions) == 3 and all(c.startswith("Egyptian cat") for c in captions)
     assert len([b for b in app.get("download_button")]) == 3 * 2 + 1  # PNG + NPY per tile, grid
@@ -52,7 +38,7 @@ def test_display_controls_do_not_recompute(app, key, value):
     app.slider(key=key).set_value(value).run()
     assert not app.exception
     assert _stats(app) == before
-    assert len(_titles(app)) == 5
+    assert len(page_titles(app)) == 5
 
 
 def test_colormap_and_normalisation_do_not_recompute(app):
@@ -96,7 +82,7 @@ def test_awkward_uploads_are_shown_or_refused_and_the_app_keeps_working(app, nam
     else:
         assert not errors
         assert any(c.value.startswith(name) for c in app.sidebar.caption)  # now showing the upload
-    assert len(_titles(app)) == 5
+    assert len(page_titles(app)) == 5
 
 
 def test_good_upload_replaces_the_image(app):
@@ -111,7 +97,7 @@ def test_good_upload_replaces_the_image(app):
 def test_score_cam_topn_runs_with_its_parameters(app):
     app.multiselect(key="methods").set_value(["scorecam_topn"]).run()
     app.number_input(key="param_scorecam_topn_channels").set_value(8).run()
-    assert _titles(app) == ["Score-CAM (top-N channels)"]
+    assert page_titles(app) == ["Score-CAM (top-N channels)"]
     assert any("approximate" in c for c in _tile_captions(app))
 
 
@@ -130,4 +116,4 @@ def test_offline_hub_backbone_is_a_message_not_a_traceback(app, monkeypatch):
     app.selectbox(key="backbone_choice").set_value("timm hub model (online)…").run()
     assert not app.exception
     assert any("Offline choices" in e.value for e in app.error)
-    assert len(_titles(app)) == 5  # still the previous backbone's tiles
+    assert len(page_titles(app)) == 5  # still the previous backbone's tiles

@@ -6,26 +6,12 @@ import gc
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, encode
+from helpers import ROOT, encode, page_titles
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
 from cam_core import from_array
 from cam_core.images import WORKING_MAX_SIDE
 
-APP = str(ROOT / "app.py")
-
-
-@pytest.fixture
-def app():
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def _titles(at):
-    return [m.value.strip("*") for m in at.markdown if m.value.startswith("**") and m.value.endswith("**")]
 
 
 def test_large_upload_is_downscaled_with_a_note_in_the_sidebar(app):
@@ -37,7 +23,7 @@ def test_large_upload_is_downscaled_with_a_note_in_the_sidebar(app):
     assert captions == ["huge_flat.png · 2048×1280 · downscaled from 8000x5000 to 2048x1280"]
     image = app.session_state["last_image"]
     assert image.rgb.nbytes <= WORKING_MAX_SIDE**2 * 3 and not image.rgb.flags.writeable
-    assert len(_titles(app)) == 5
+    assert len(page_titles(app)) == 5
     # a rerun (any widget) neither decodes again nor copies: the session keeps the same object
     app.slider(key="opacity").set_value(0.8).run()
     assert app.session_state["last_image"] is image
@@ -50,7 +36,7 @@ def test_a_nul_byte_in_a_typed_path_is_an_error_and_the_image_stays(app, typed):
     assert not app.exception, [e.value for e in app.exception]
     assert app.sidebar.error, "no error shown"
     assert any(b.label.startswith("Egyptian cat") for b in app.button)  # the last good image stays
-    assert len(_titles(app)) == 5
+    assert len(page_titles(app)) == 5
     app.text_input(key="image_path").set_value("dog.jpg").run()  # and the next good path works
     assert not app.error and not app.exception
     assert any(c.value.startswith("dog.jpg") for c in app.sidebar.caption)
@@ -61,7 +47,7 @@ def test_a_nul_byte_in_a_checkpoint_path_is_an_error(app):
     app.text_input(key="ckpt_path").set_value("model\x00.pth").run()
     assert not app.exception, [e.value for e in app.exception]
     assert app.sidebar.error
-    assert len(_titles(app)) == 5  # still the previous backbone's tiles
+    assert len(page_titles(app)) == 5  # still the previous backbone's tiles
 
 
 def test_download_callables_make_the_files_and_hold_only_a_weak_reference_to_the_image():
