@@ -154,11 +154,15 @@ class Memo:
 class _Priority:
     """Interactive work (forwards, fast methods) of any thread goes before the batches of long
     methods: a long method's pause() waits while interactive work runs (at most `patience`
-    seconds per pause, so it is never starved)."""
+    seconds per pause, so it is never starved), and interactive work that arrives while a
+    batch runs waits for that batch to end rather than sharing the cores with it (two
+    thread pools on the same cores slow each other down more than the wait costs: measured
+    in bench/bench_scorecam.py)."""
 
     def __init__(self, patience: float = 10.0):
         self.patience = patience
-        self._running = 0
+        self._running = 0  # interactive calls in progress, all threads
+        self._batches: set[int] = set()  # threads with a long method's batch in flight
         self._cond = threading.Condition()
         self._local = threading.local()
 
@@ -167,8 +171,10 @@ class _Priority:
         depth = getattr(self._local, "depth", 0)
         self._local.depth = depth + 1
         if depth == 0:
+            me = threading.get_ident()
             with self._cond:
-                self._running += 1
+                self._running += 1  # first, so that no new batch starts
+                self._cond.wait_for(lambda: not (self._batches - {me}), timeout=self.patience)
         try:
             yield
         finally:
@@ -179,11 +185,35 @@ class _Priority:
                     if self._running == 0:
                         self._cond.notify_all()
 
+    @contextmanager
+    def long_work(self):
+        """Around a long method: its pause() calls mark its batches as in flight."""
+        self._local.long = True
+        try:
+            yield
+        finally:
+            self._local.long = False
+            self._end_batch()
+
+    def _end_batch(self) -> None:
+        with self._cond:
+            if self._batches:
+                self._batches.discard(threading.get_ident())
+                self._cond.notify_all()
+
     def pause(self) -> None:
+        """Between two batches of a long method: the previous batch has ended; wait while
+        interactive work runs; within long_work(), the next batch is in flight from here."""
         if getattr(self._local, "depth", 0):
             return  # this thread's own interactive work is what runs
+        me = threading.get_ident()
         with self._cond:
+            if me in self._batches:
+                self._batches.discard(me)
+                self._cond.notify_all()
             self._cond.wait_for(lambda: self._running == 0, timeout=self.patience)
+            if getattr(self._local, "long", False):
+                self._batches.add(me)
 
 
 @dataclass
@@ -470,7 +500,7 @@ class Explainer:
     def _run_method(self, spec, fwd, target, key_target, resolved, layer, progress, cancel, bank) -> CamResult:
         ctx = MethodContext(fwd, progress=progress, cancel=cancel, bank=bank,
                             pause=self._priority.pause if spec.slow else None)
-        with self._priority.interactive() if not spec.slow else _nothing():
+        with self._priority.interactive() if not spec.slow else self._priority.long_work():
             if NEEDS_GRADIENT in spec.needs:
                 fwd.gradient(target)  # shared by all gradient methods; reported once as gradient_ms
             t0 = time.perf_counter()
@@ -555,11 +585,6 @@ class Explainer:
     def clear(self) -> None:
         self._forwards.clear()
         self._maps.clear()
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def _has_module(model: torch.nn.Module, name: str) -> bool:

@@ -570,7 +570,7 @@ def faithfulness(
     unknown = [m for m in metrics if m not in FAITHFULNESS]
     if unknown:
         raise ValueError(f"unknown faithfulness metric(s) {', '.join(unknown)}; choose from {', '.join(FAITHFULNESS)}")
-    model, x = fwd.backbone.model, fwd.input
+    model, x = fwd.backbone.batch_model(), fwd.input  # logits only: the BatchNorm-folded copy
     out: dict[str, float] = {}
 
     def hooks(name):

@@ -196,3 +196,33 @@ def test_scorecam_pauses_while_interactive_work_runs(resnet18, cat):
     assert n_after - n_before <= 1, "Score-CAM kept running batches during interactive work"
     assert any(ts > t1 for kind, ts in events), "Score-CAM never resumed"
     assert t0 < t1
+
+
+def test_interactive_work_waits_for_the_batch_in_flight():
+    """Interactive work arriving while another thread's long-method batch runs starts when that
+    batch ends (sharing the cores with it costs more than waiting); a long thread's own
+    interactive work never waits for itself."""
+    from cam_core.engine import _Priority
+
+    prio = _Priority(patience=5.0)
+    in_batch, batch_end, entered = threading.Event(), [], []
+
+    def long_method():
+        with prio.long_work():
+            prio.pause()  # the first batch is in flight from here
+            with prio.interactive():  # its own interactive work: no wait on itself
+                pass
+            in_batch.set()
+            time.sleep(0.4)
+            batch_end.append(time.perf_counter())
+            prio.pause()  # the batch has ended; waits while the other thread works
+            time.sleep(0.1)
+
+    t = threading.Thread(target=long_method)
+    t.start()
+    assert in_batch.wait(5)
+    with prio.interactive():
+        entered.append(time.perf_counter())
+    t.join(5)
+    assert not t.is_alive()
+    assert entered[0] >= batch_end[0], "interactive work ran alongside the batch in flight"

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .folding import batch_model
 from .heads import Head, analyse, from_classifier
 from .layouts import TOKENS, Layout, LayoutError, attentions_in_frame, fitting_attention, probe
 
@@ -327,6 +328,14 @@ class Backbone:
         if self.head is not None:
             self.head = self.head.to(self.device)
         return self
+
+    def batch_model(self) -> nn.Module:
+        """The model for gradient-free batched forwards (logits only): a copy with BatchNorm
+        folded into the convolutions where that reproduces the model's logits, else the model
+        itself. See folding.py."""
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        example = torch.randn(2, 3, *self.input_size, generator=gen).to(self.device)
+        return batch_model(self.model, example)
 
     def layer_choices(self) -> list[str]:
         """Layers whose output has a spatial grid (any layout), network order, the default

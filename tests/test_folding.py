@@ -1,0 +1,65 @@
+"""The BatchNorm-folded copy used for gradient-free batches: same logits, folded only where
+that is right, and the shared model left as it was."""
+
+import torch
+from torch import nn
+
+from cam_core.backbones.folding import batch_model, fold_batchnorm
+
+
+class ConvBN(nn.Module):
+    def __init__(self, residual_from_conv=False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 5)
+        self.residual_from_conv = residual_from_conv
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = torch.relu(self.bn(y))
+        if self.residual_from_conv:  # the conv output also feeds something besides the BN
+            z = z + y
+        return self.head(z.mean(dim=(2, 3)))
+
+
+def _trained_stats(model):
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.bn.running_mean.copy_(torch.randn(8, generator=g))
+        model.bn.running_var.copy_(torch.rand(8, generator=g) + 0.5)
+        model.bn.weight.copy_(torch.randn(8, generator=g))
+        model.bn.bias.copy_(torch.randn(8, generator=g))
+    return model.eval()
+
+
+def test_folded_copy_gives_the_same_logits_without_batchnorm():
+    torch.manual_seed(0)
+    model = _trained_stats(ConvBN())
+    x = torch.randn(4, 3, 16, 16)
+    folded = fold_batchnorm(model, x[:2])
+    assert folded is not None
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the model is untouched
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+
+
+def test_a_conv_output_used_elsewhere_is_not_folded():
+    torch.manual_seed(0)
+    model = _trained_stats(ConvBN(residual_from_conv=True))
+    assert fold_batchnorm(model, torch.randn(2, 3, 16, 16)) is None
+    assert batch_model(model, torch.randn(2, 3, 16, 16)) is model
+
+
+def test_batch_model_is_built_once_and_drops_the_models_hooks():
+    torch.manual_seed(0)
+    model = _trained_stats(ConvBN())
+    seen = []
+    model.conv.register_forward_hook(lambda m, i, o: seen.append(1))
+    first = batch_model(model, torch.randn(2, 3, 16, 16))
+    assert first is not model and batch_model(model, torch.randn(2, 3, 16, 16)) is first
+    seen.clear()
+    with torch.no_grad():
+        first(torch.randn(1, 3, 16, 16))
+    assert seen == []  # another caller's tap on the shared model never fires on the copy
