@@ -51,7 +51,7 @@ def test_a_nul_byte_in_a_checkpoint_path_is_an_error(app):
 
 
 def test_download_callables_make_the_files_and_hold_only_a_weak_reference_to_the_image():
-    from pages.common import tile_npy, tile_png
+    from ui.common import tile_npy, tile_png
 
     rgb = np.zeros((30, 40, 3), np.uint8)
     image = from_array(rgb, "x.png")
@@ -72,7 +72,7 @@ def test_earlier_images_are_not_kept_alive_by_the_page(app):
     """Streamlit keeps the metadata (callback, format_func) of every widget a session ever drew;
     a callback defined in the page script held that run's globals, and so each earlier image
     (with its forward pass and tiles) for the session's whole life."""
-    from pages.common import decoded_images
+    from ui.common import decoded_images
 
     from cam_core import LoadedImage
 

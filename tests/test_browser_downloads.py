@@ -1,6 +1,6 @@
 """End to end: a tile's download button still downloads while its page reruns and another
 session's run ends (it failed with "Deferred file ... not found"; see
-pages.common.keep_download_callables)."""
+ui.common.keep_download_callables)."""
 
 import re
 import time

@@ -1,5 +1,7 @@
 """What every page shares: cached backbones/explainers, image decoding, the sidebar.
 
+Outside pages/ so that Streamlit never offers it as a page. app.py draws the sidebar on every
+run and hands its Selection to the page it runs (run_page / page_selection).
 Streamlit-side only; every computation is a cam_core call.
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import runpy
 import threading
 import weakref
 from collections.abc import Callable
@@ -323,24 +326,9 @@ def keep_download_callables(mgr=None) -> bool:
     return True
 
 
-def _leave_old_multipage_mode() -> None:
-    """Until app.py has called st.navigation once in this server process, Streamlit treats a
-    pages/ folder the old way: a first URL like /feature_space runs that file directly, with
-    every file of pages/ in the menu. Switch that mode off and rerun through app.py (this
-    touches a Streamlit internal; if it is gone, nothing happens)."""
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:
-        return
-    if getattr(PagesManager, "uses_pages_directory", False):
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def sidebar() -> Selection:
     """The shared sidebar: image, backbone, device. Keeps the last good image/backbone when
-    a new choice fails, so an error never blanks the app."""
-    _leave_old_multipage_mode()
+    a new choice fails, so an error never blanks the app. Drawn by app.py on every run."""
     keep_download_callables()
     for key, value in SIDEBAR_DEFAULTS.items():
         st.session_state.setdefault(key, value)
@@ -372,6 +360,33 @@ def sidebar() -> Selection:
             st.json(dict(explainer.stats), expanded=False)
     selection = Selection(image=image, explainer=explainer, device=str(explainer.backbone.device))
     st.session_state["selection"] = selection  # lets page tests read the live Explainer's stats
+    return selection
+
+
+_RUN = threading.local()  # the Selection of the run in progress on this script thread
+
+
+def run_page(page, selection: Selection) -> None:
+    """app.py: run the page st.navigation chose, with this run's sidebar selection."""
+    _RUN.selection = selection
+    try:
+        page.run()
+    finally:
+        _RUN.selection = None
+
+
+def page_selection() -> Selection:
+    """What a page script starts from: the sidebar app.py drew in this run.
+
+    Missing when Streamlit ran the page's file itself, without app.py: in the old
+    pages/-folder mode that Streamlit keeps until app.py has called st.navigation once in
+    the process (a fresh server's first request for a page URL such as /feature_space; and
+    every AppTest run, which resets that mode). Then this run becomes app.py's run, for
+    the same URL: its st.navigation ends that mode and runs this page with a selection."""
+    selection = getattr(_RUN, "selection", None)
+    if selection is None:
+        runpy.run_path(str(ROOT / "app.py"), run_name="__main__")
+        st.stop()
     return selection
 
 
