@@ -105,10 +105,20 @@ def target_controls(sel: Selection, preds, column) -> list[int]:
 
 def method_controls(sel: Selection) -> tuple[dict, list[str], str, dict[str, dict]]:
     """(specs, chosen methods, layer, parameters per method)."""
-    specs = {s.name: s for s in sel.explainer.methods()}
+    specs = {s.name: s for s in sel.explainer.methods()}  # only the methods that apply to this backbone
     drop_stale_choice("methods", specs)
+    # The defaults, plus the fast methods made for this kind of backbone alone (TS-CAM and
+    # attention rollout on a ViT), which a user would otherwise not know to look for.
+    own = [n for n, s in specs.items() if s.kinds == (sel.backbone.kind,) and not s.slow]
+    defaults = [m for m in DEFAULT_METHODS if m in specs] + own
+    previous = st.session_state.get("methods_defaults")
+    if previous != defaults:  # a backbone of another kind: its defaults, unless the user chose others
+        # (drop_stale_choice has already removed what this backbone does not offer)
+        if st.session_state.get("methods") in (None, [m for m in previous or [] if m in specs]):
+            st.session_state["methods"] = defaults
+        st.session_state["methods_defaults"] = defaults
     chosen = st.multiselect(
-        "Methods", list(specs), default=[m for m in DEFAULT_METHODS if m in specs], key="methods",
+        "Methods", list(specs), key="methods",
         format_func={n: s.label + (" (slow)" if s.slow else "") for n, s in specs.items()}.__getitem__,
     )
     with st.expander("Layer and method parameters"):

@@ -117,3 +117,17 @@ def test_offline_hub_backbone_is_a_message_not_a_traceback(app, monkeypatch):
     assert not app.exception
     assert any("Offline choices" in e.value for e in app.error)
     assert len(page_titles(app)) == 5  # still the previous backbone's tiles
+
+
+def test_the_vit_testbed_loads_and_offers_its_own_methods(app):
+    """Issue 9 item 1: picking testbed-vit loads it (its conv head refused LPCAM's warm-up,
+    and the page silently stayed on the previous backbone); only the methods that apply
+    are offered, the ViT's own (TS-CAM, rollout) among the defaults."""
+    app.selectbox(key="backbone_choice").set_value("testbed-vit").run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert app.session_state["selection"].backbone.name == "testbed-vit"
+    offered = app.multiselect(key="methods").options
+    assert "LPCAM" not in offered and "TS-CAM" in offered
+    titles = page_titles(app)
+    assert {"TS-CAM", "Attention rollout", "CAM"} <= set(titles), titles
+    assert len(_tile_captions(app)) == len(titles)  # every tile drawn, none an error
