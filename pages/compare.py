@@ -23,6 +23,7 @@ from ui.common import (
     USER_ERRORS,
     Selection,
     drop_stale_choice,
+    explain_class,
     grid_png,
     page_selection,
     param_input,
@@ -33,11 +34,10 @@ from ui.common import (
 DEFAULT_METHODS = ["cam", "gradcam", "gradcampp", "layercam", "eigencam"]
 NORM_HELP = "minmax: (m - min)/(max - min), as Grad-CAM libraries and TS-CAM. max: m/max, as LPCAM and SIPE."
 
-# Widget callbacks and format_funcs are bound methods, never functions or lambdas of this
-# script: Streamlit keeps the metadata (callback, format_func) of every widget a session ever
-# drew, and a function of a page script holds that run's globals - its image, forward pass,
-# maps and tiles - for as long as the session lives.
-_set_state = st.session_state.__setitem__
+# Widget callbacks and format_funcs are bound methods or functions of ui.common, never
+# functions or lambdas of this script: Streamlit keeps the metadata (callback, format_func) of
+# every widget a session ever drew, and a function of a page script holds that run's globals -
+# its image, forward pass, maps and tiles - for as long as the session lives.
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,8 @@ def target_controls(sel: Selection, preds, column) -> list[int]:
             buttons.button(
                 f"{bb.short_name(p.index)} · {p.probability:.1%}",
                 key=f"pred_{p.index}",
-                on_click=_set_state,
-                args=("target", p.index),
+                on_click=explain_class,
+                args=(p.index,),
                 type="primary" if p.index == st.session_state["target"] else "secondary",
                 help=f"class {p.index}: {p.name}",
             )
@@ -93,7 +93,7 @@ def target_controls(sel: Selection, preds, column) -> list[int]:
             if found:
                 names = {i: f"{i}: {bb.class_name(i)}" for i in found}
                 pick = c1.selectbox("Matches", found, format_func=names.__getitem__, key="class_pick")
-                c1.button("Explain this class", on_click=_set_state, args=("target", pick), key="use_pick")
+                c1.button("Explain this class", on_click=explain_class, args=(pick,), key="use_pick")
             else:
                 c1.warning(f"No class name matches '{query}'.")
         side_by_side = c2.number_input("Classes side by side (top-k)", 1, 5, 1, key="topk",
@@ -222,18 +222,21 @@ def fill_tile(grid: Grid, cell, m: str, t: int) -> None:
 
 
 def grid_cells(grid: Grid, targets: list[int], chosen: list[str]) -> dict:
-    """One cell per (class, method), titled; a class-agnostic map (Eigen-CAM) is the same for
-    every class: shown in the first row only."""
+    """One cell per (class, method), titled, one column per method in the same place in
+    every class's row. A class-agnostic map (Eigen-CAM) is the same for every class: drawn
+    in the first row only, its place in the other rows marked."""
     bb, per_row = grid.sel.backbone, grid.display.per_row
     cells = {}
     for row, t in enumerate(targets):
         if len(targets) > 1:
             st.subheader(f"{bb.short_name(t)} (class {t})")
-        shown = [m for m in chosen if row == 0 or grid.specs[m].class_specific]
-        for row_start in range(0, len(shown), per_row):
-            for col, m in zip(st.columns(per_row), shown[row_start : row_start + per_row]):
+        for row_start in range(0, len(chosen), per_row):
+            for col, m in zip(st.columns(per_row), chosen[row_start : row_start + per_row]):
+                col.markdown(f"**{grid.specs[m].label}**")
+                if row > 0 and not grid.specs[m].class_specific:
+                    col.caption("class-agnostic: the same map for every class, drawn in the first row")
+                    continue
                 cells[(t, m)] = col.container()
-                cells[(t, m)].markdown(f"**{grid.specs[m].label}**")
     return cells
 
 

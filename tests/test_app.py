@@ -131,3 +131,28 @@ def test_the_vit_testbed_loads_and_offers_its_own_methods(app):
     titles = page_titles(app)
     assert {"TS-CAM", "Attention rollout", "CAM"} <= set(titles), titles
     assert len(_tile_captions(app)) == len(titles)  # every tile drawn, none an error
+
+
+def test_in_topk_mode_a_prediction_or_a_searched_class_is_explained(app):
+    """Issue 9 item 3: with k > 1 the top-5 buttons and "Explain this class" did nothing."""
+    app.number_input(key="topk").set_value(3).run()
+    next(b for b in app.button if b.label.startswith("lynx") or b.label.startswith("tabby")).click().run()
+    captions = _tile_captions(app)
+    clicked = captions[0].split(" · ")[0]
+    assert clicked in ("lynx", "tabby") and not app.subheader
+    assert all(c.startswith(clicked) or c.startswith("class-agnostic") for c in captions), captions
+    app.number_input(key="topk").set_value(3).run()
+    app.text_input(key="class_query").set_value("goldfish").run()
+    app.button(key="use_pick").click().run()
+    assert all(c.startswith("goldfish") or c.startswith("class-agnostic") for c in _tile_captions(app))
+    assert app.number_input(key="topk").value == 1
+
+
+def test_topk_rows_line_up_by_method(app):
+    """Issue 9 item 6: every class's row has the same columns, in the chosen order; the
+    class-agnostic Eigen-CAM is drawn once and its place marked in the other rows."""
+    app.number_input(key="topk").set_value(3).run()
+    labels = ["CAM", "Grad-CAM", "Grad-CAM++", "LayerCAM", "Eigen-CAM"]
+    assert page_titles(app) == labels * 3
+    assert sum("class-agnostic: the same map" in c.value for c in app.caption) == 2
+    assert sum(c.startswith("class-agnostic") for c in _tile_captions(app)) == 1

@@ -434,6 +434,12 @@ def grid_png(tiles: list[tuple[str, np.ndarray]], columns: int) -> Callable[[], 
     return lambda: png_bytes(compose_grid(tiles, columns=columns))
 
 
+def explain_class(index: int) -> None:
+    """A top-5 button or "Explain this class": that class alone, also from the top-k view."""
+    st.session_state["target"] = index
+    st.session_state["topk"] = 1
+
+
 def drop_stale_choice(key: str, options) -> None:
     """A kept selectbox/multiselect value that the new image or backbone no longer offers
     (a ViT-only method on a CNN, another image's top class) is dropped before the widget."""
