@@ -18,6 +18,7 @@ from cam_core.render import (
     downscale_for_display,
     render_tile,
     to_image_map,
+    with_colorbar,
 )
 from ui.common import (
     USER_ERRORS,
@@ -27,6 +28,7 @@ from ui.common import (
     grid_png,
     page_selection,
     param_input,
+    shown_width,
     tile_npy,
     tile_png,
 )
@@ -62,7 +64,7 @@ class Grid:
     display_rgb: object
     results: dict
     errors: dict
-    sheet_tiles: list
+    sheet_tiles: dict  # (class, method) -> (caption, tile without its colour bar)
 
 
 # ----- controls ---------------------------------------------------------------------------
@@ -205,12 +207,13 @@ def fill_tile(grid: Grid, cell, m: str, t: int) -> None:
             return
         m01 = to_image_map(res.map, grid.display_rgb.shape[:2], display.norm)
         tile = render_tile(grid.display_rgb, m01, display.opacity, display.cmap, display.threshold)
-        st.image(tile, width="stretch")
+        shown = with_colorbar(tile, display.cmap, display.norm)
+        st.image(shown, width=shown_width(shown))
         if display.show_raw:
-            st.image(colorize(m01, display.cmap), width="stretch", caption="raw map")
+            st.image(colorize(m01, display.cmap), width=shown_width(m01), caption="raw map")
         flags = " · approximate" if res.approximate else ""
         st.caption(f"{res.target_name} · {res.ms:.1f} ms · {tuple(res.map.shape)}{flags}", help=res.note or None)
-        grid.sheet_tiles.append((f"{grid.specs[m].label} | {res.target_name}", tile))
+        grid.sheet_tiles[(t, m)] = (f"{grid.specs[m].label} | {res.target_name}", tile)
         b1, b2 = st.columns(2)
         stem = f"{image.stem}_{m}_{t}"
         # Files at the image's own size are made only when clicked (deferred callables).
@@ -263,11 +266,11 @@ def main(sel: Selection) -> None:
         bank = None
 
     results, errors = compute_fast(sel, specs, targets, chosen, layer, params, bank)
-    left.image(display_rgb, caption=f"{image.name} ({image.size[1]}×{image.size[0]}) → "
+    left.image(display_rgb, width=shown_width(display_rgb), caption=f"{image.name} ({image.size[1]}×{image.size[0]}) → "
                                     f"{bb.input_size[1]}×{bb.input_size[0]}")
     fwd = ex.forward(image, layer)
     timing = st.empty()
-    grid = Grid(sel, specs, display, display_rgb, results, errors, [])
+    grid = Grid(sel, specs, display, display_rgb, results, errors, {})
 
     # Fast tiles now, slow ones with progress in place.
     cells = grid_cells(grid, targets, chosen)
@@ -284,9 +287,14 @@ def main(sel: Selection) -> None:
         + f" · device {sel.device} · layer `{layer}`"
     )
     if grid.sheet_tiles:
+        # In the on-screen order (slow methods are computed last, not placed last).
+        tiles = [grid.sheet_tiles[cell] for cell in cells if cell in grid.sheet_tiles]
+        classes = ", ".join(f"{bb.short_name(t)} ({t})" for t in targets)
+        settings = (f"{image.name} · {bb.name} · layer {layer} · class {classes} · {display.norm} normalisation · "
+                    f"{display.cmap}")
         st.download_button(
             "Download the whole grid (PNG)",
-            grid_png([("image", display_rgb), *grid.sheet_tiles], display.per_row + 1),
+            grid_png([("image", display_rgb), *tiles], display.per_row + 1, settings, display.cmap, display.norm),
             file_name=f"{image.stem}_grid.png", mime="image/png", key="grid_png", on_click="ignore")
 
 

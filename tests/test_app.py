@@ -156,3 +156,23 @@ def test_topk_rows_line_up_by_method(app):
     assert page_titles(app) == labels * 3
     assert sum("class-agnostic: the same map" in c.value for c in app.caption) == 2
     assert sum(c.startswith("class-agnostic") for c in _tile_captions(app)) == 1
+
+
+def test_grid_png_keeps_the_screen_order_and_says_the_settings(app, monkeypatch):
+    """Issue 9 item 9: slow methods were put last in the grid PNG, which had no settings."""
+    from ui import common
+
+    seen = {}
+    real = common.grid_png
+
+    def spy(tiles, columns, title, cmap, norm):
+        seen.update(captions=[c for c, _ in tiles], title=title)
+        return real(tiles, columns, title, cmap, norm)
+
+    monkeypatch.setattr(common, "grid_png", spy)
+    app.multiselect(key="methods").set_value(["scorecam_topn", "cam"]).run()
+    app.number_input(key="param_scorecam_topn_channels").set_value(8).run()
+    assert not app.exception
+    assert [c.split(" | ")[0] for c in seen["captions"]] == ["image", "Score-CAM (top-N channels)", "CAM"]
+    for part in ("cat.png", "efficientnet_lite0", "layer", "Egyptian cat", "minmax"):
+        assert part in seen["title"], seen["title"]

@@ -38,7 +38,15 @@ from cam_core import (
 from cam_core.backbones import available_devices, device_label
 from cam_core.images import MAX_PIXELS, WORKING_MAX_SIDE, load_working_image, resolve_under
 from cam_core.lru import ByteLRU
-from cam_core.render import compose_grid, downscale_for_display, npy_bytes, png_bytes, render_tile, to_image_map
+from cam_core.render import (
+    compose_grid,
+    downscale_for_display,
+    npy_bytes,
+    png_bytes,
+    render_tile,
+    to_image_map,
+    with_colorbar,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "assets" / "samples"
@@ -414,7 +422,8 @@ def tile_png(image: LoadedImage, m: torch.Tensor, norm: str, opacity: float, cma
 
     def make() -> bytes:
         im = get()
-        return png_bytes(render_tile(im.rgb, to_image_map(m, im.size, norm), opacity, cmap, threshold))
+        tile = render_tile(im.rgb, to_image_map(m, im.size, norm), opacity, cmap, threshold)
+        return png_bytes(with_colorbar(tile, cmap, norm))
 
     return make
 
@@ -429,9 +438,22 @@ def tile_npy(image: LoadedImage, m: torch.Tensor, norm: str) -> Callable[[], byt
     return make
 
 
-def grid_png(tiles: list[tuple[str, np.ndarray]], columns: int) -> Callable[[], bytes]:
-    """As tile_png: the sheet of these (caption, tile) pairs, made when clicked."""
-    return lambda: png_bytes(compose_grid(tiles, columns=columns))
+def grid_png(tiles: list[tuple[str, np.ndarray]], columns: int, title: str, cmap: str,
+             norm: str) -> Callable[[], bytes]:
+    """As tile_png: the sheet of these (caption, tile) pairs in this order, the settings
+    (`title`) above them and one colour bar under them, made when clicked."""
+    return lambda: png_bytes(compose_grid(tiles, columns=columns, title=title, cmap=cmap, norm=norm))
+
+
+MAX_SHOWN_HEIGHT = 420  # px: a tall image (200 x 1200) or its tiles must leave the controls on screen
+
+
+def shown_width(arr: np.ndarray) -> int | str:
+    """st.image's width for an image array: the column's width, unless that would draw it
+    taller than wide; then the width at which it is MAX_SHOWN_HEIGHT px high (Streamlit never
+    draws an image wider than its column, so its height stays within the cap)."""
+    h, w = arr.shape[:2]
+    return "stretch" if h <= w else max(16, round(MAX_SHOWN_HEIGHT * w / h))
 
 
 def explain_class(index: int) -> None:
