@@ -161,7 +161,8 @@ def compute_fast(sel: Selection, specs: dict, targets: list[int], chosen: list[s
             if specs[m].slow:
                 continue
             try:
-                results[(t, m)] = sel.explainer.compute(sel.image, m, t, layer, params.get(m), bank=bank)
+                results[(t, m)] = sel.explainer.compute(sel.image, m, t, layer, params.get(m), bank=bank,
+                                                        input_size=sel.input_size)
             except USER_ERRORS as exc:
                 errors[(t, m)] = str(exc)
     return results, errors
@@ -171,7 +172,7 @@ def run_slow(grid: Grid, cell, m: str, t: int, layer: str, params: dict, bank) -
     """A slow method's tile: its progress and a Stop button in place; once stopped, a
     "Run it" button, until clicked."""
     sel, label = grid.sel, grid.specs[m].label
-    key = (sel.image.sha256, sel.backbone.name, layer, m, t)
+    key = (sel.image.sha256, sel.backbone.name, sel.input_size, layer, m, t)
     stopped = st.session_state.setdefault("stopped_slow", set())
     if key not in stopped:
         with cell:
@@ -182,7 +183,7 @@ def run_slow(grid: Grid, cell, m: str, t: int, layer: str, params: dict, bank) -
 
             try:
                 grid.results[(t, m)] = sel.explainer.compute(sel.image, m, t, layer, params.get(m),
-                                                             progress=progress, bank=bank)
+                                                             progress=progress, bank=bank, input_size=sel.input_size)
             except (*USER_ERRORS, Cancelled) as exc:
                 grid.errors[(t, m)] = str(exc)
             bar.empty()
@@ -212,7 +213,10 @@ def fill_tile(grid: Grid, cell, m: str, t: int) -> None:
         if display.show_raw:
             st.image(colorize(m01, display.cmap), width=shown_width(m01), caption="raw map")
         flags = " · approximate" if res.approximate else ""
-        st.caption(f"{res.target_name} · {res.ms:.1f} ms · {tuple(res.map.shape)}{flags}", help=res.note or None)
+        grid_hw = f"grid {res.grid[0]} × {res.grid[1]}"
+        st.caption(f"{res.target_name} · {res.ms:.1f} ms · {grid_hw}{flags}",
+                   help=f"{res.note + ' · ' if res.note else ''}map {res.map.shape[0]} × {res.map.shape[1]} from "
+                        f"features {res.grid[0]} × {res.grid[1]}, input {res.input_size[0]} × {res.input_size[1]}")
         grid.sheet_tiles[(t, m)] = (f"{grid.specs[m].label} | {res.target_name}", tile)
         b1, b2 = st.columns(2)
         stem = f"{image.stem}_{m}_{t}"
@@ -247,7 +251,7 @@ def main(sel: Selection) -> None:
     ex, image, bb = sel.explainer, sel.image, sel.backbone
     st.title("Compare CAM methods")
     try:
-        preds = ex.predict(image, 5)
+        preds = ex.predict(image, 5, input_size=sel.input_size)
     except (LayerError, RuntimeError) as exc:
         st.error(f"{bb.name} cannot run on this image: {exc}")
         return
@@ -266,9 +270,10 @@ def main(sel: Selection) -> None:
         bank = None
 
     results, errors = compute_fast(sel, specs, targets, chosen, layer, params, bank)
-    left.image(display_rgb, width=shown_width(display_rgb), caption=f"{image.name} ({image.size[1]}×{image.size[0]}) → "
-                                    f"{bb.input_size[1]}×{bb.input_size[0]}")
-    fwd = ex.forward(image, layer)
+    fwd = ex.forward(image, layer, sel.input_size)
+    fed = tuple(fwd.input.shape[-2:])
+    left.image(display_rgb, width=shown_width(display_rgb),
+               caption=f"{image.name} ({image.size[1]}×{image.size[0]}) → {fed[1]}×{fed[0]}")
     timing = st.empty()
     grid = Grid(sel, specs, display, display_rgb, results, errors, {})
 
@@ -284,14 +289,14 @@ def main(sel: Selection) -> None:
     timing.caption(
         f"Shared by all methods: forward pass {fwd.forward_ms:.0f} ms"
         + "".join(f" · gradient for class {c} {ms:.1f} ms" for c, ms in fwd.gradient_ms.items() if c in targets)
-        + f" · device {sel.device} · layer `{layer}`"
+        + f" · device {sel.device} · layer `{layer}` · input {fed[0]} × {fed[1]}"
     )
     if grid.sheet_tiles:
         # In the on-screen order (slow methods are computed last, not placed last).
         tiles = [grid.sheet_tiles[cell] for cell in cells if cell in grid.sheet_tiles]
         classes = ", ".join(f"{bb.short_name(t)} ({t})" for t in targets)
-        settings = (f"{image.name} · {bb.name} · layer {layer} · class {classes} · {display.norm} normalisation · "
-                    f"{display.cmap}")
+        settings = (f"{image.name} · {bb.name} · input {fed[0]} x {fed[1]} · layer {layer} · class {classes} · "
+                    f"{display.norm} normalisation · {display.cmap}")
         st.download_button(
             "Download the whole grid (PNG)",
             grid_png([("image", display_rgb), *tiles], display.per_row + 1, settings, display.cmap, display.norm),

@@ -9,7 +9,7 @@ from PIL import Image
 
 
 def _tile_captions(at):
-    return [c.value for c in at.caption if " ms · (" in c.value]
+    return [c.value for c in at.caption if " ms · grid " in c.value]
 
 
 def _stats(at):
@@ -176,3 +176,26 @@ def test_grid_png_keeps_the_screen_order_and_says_the_settings(app, monkeypatch)
     assert [c.split(" | ")[0] for c in seen["captions"]] == ["image", "Score-CAM (top-N channels)", "CAM"]
     for part in ("cat.png", "efficientnet_lite0", "layer", "Egyptian cat", "minmax"):
         assert part in seen["title"], seen["title"]
+
+
+def test_input_size_in_the_sidebar_feeds_every_method_and_the_top5(app):
+    """Issue 11 item 1: 2x the model's input gives Lite0 a 14 x 14 grid (7 x 7 at 224), and
+    the top-5 is the one computed at that size."""
+    from cam_core import Explainer, load_backbone, load_image
+    from helpers import SAMPLES
+
+    assert all(c.endswith("grid 7 × 7") for c in _tile_captions(app))
+    app.selectbox(key="input_size").set_value("2x").run()
+    assert not app.exception and not app.error
+    captions = _tile_captions(app)
+    assert len(captions) == 5 and all("grid 14 × 14" in c for c in captions), captions
+    assert any("fed to the model at 448 × 448" in c.value for c in app.sidebar.caption)
+    expected = Explainer(load_backbone("efficientnet_lite0")).predict(load_image(SAMPLES / "cat.png"), 5, input_size="2x")
+    shown = [b.label for b in app.button if b.key and b.key.startswith("pred_")]
+    assert shown == [f"{load_backbone('efficientnet_lite0').short_name(p.index)} · {p.probability:.1%}" for p in expected]
+
+
+def test_input_size_is_fixed_for_a_vit_built_for_one_size(app):
+    app.selectbox(key="backbone_choice").set_value("testbed-vit").run()
+    box = app.selectbox(key="input_size_fixed")
+    assert box.disabled and "inputs only" in box.help

@@ -36,6 +36,7 @@ from cam_core import (
     load_backbone,
 )
 from cam_core.backbones import available_devices, device_label
+from cam_core.engine import INPUT_SIZES, MAX_INPUT_SIDE, InputSizeError, resolve_input_size
 from cam_core.images import MAX_PIXELS, WORKING_MAX_SIDE, load_working_image, resolve_under
 from cam_core.lru import ByteLRU
 from cam_core.render import (
@@ -154,6 +155,7 @@ class Selection:
     image: LoadedImage
     explainer: Explainer
     device: str
+    input_size: str = "default"  # cam_core.engine.INPUT_SIZES: what every method and page feeds the model
 
     @property
     def backbone(self):
@@ -265,9 +267,33 @@ def _backbone_sidebar(device: str) -> Explainer | None:
     return explainer
 
 
+def _input_size_sidebar(bb, image: LoadedImage) -> str:
+    """The input size fed to the model (INPUT_SIZES), offered as far as this backbone takes
+    it: a ViT built for one size keeps it (the control is disabled, saying why)."""
+    h0, w0 = bb.input_size
+    labels = {"default": f"{h0} × {w0} (the model's)", "2x": f"2x: {2 * h0} × {2 * w0}",
+              "3x": f"3x: {3 * h0} × {3 * w0}",
+              "image": f"the image's own size (longer side ≤ {MAX_INPUT_SIDE})"}
+    if bb.fixed_input_size:
+        st.selectbox("Input size", ["default"], format_func=labels.__getitem__, disabled=True, key="input_size_fixed",
+                     help=f"{bb.name} takes {h0} × {w0} inputs only: a ViT built for one input size.")
+        return "default"
+    choice = st.selectbox("Input size", INPUT_SIZES, key="input_size", format_func=labels.__getitem__,
+                          help="What the image is resized to before the model. Larger inputs give finer maps "
+                               "(a CNN's last stage has stride 32: 224 px -> 7 × 7, 448 px -> 14 × 14) and take "
+                               "longer.")
+    try:
+        size = resolve_input_size(choice, image.size, bb)
+    except InputSizeError as exc:
+        st.error(str(exc))
+        return "default"
+    st.caption(f"fed to the model at {size[0]} × {size[1]}")
+    return choice
+
+
 SIDEBAR_DEFAULTS = {"image_source": "Sample", "sample": DEFAULT_SAMPLE, "hub_name": "resnet50", "ckpt_arch": "resnet18"}
 SIDEBAR_KEYS = ("image_source", "sample", "image_path", "device", "backbone_choice", "hub_name", "ckpt_arch",
-                "ckpt_path", "ckpt_names")
+                "ckpt_path", "ckpt_names", "input_size")
 # Each page's own controls, kept while the user is on the other page.
 PAGE_KEYS = ("class_query", "class_pick", "topk", "methods", "cmap", "opacity", "norm", "threshold", "per_row",
              "show_raw", "fs_bank_name", "fs_folder", "fs_cap", "fs_colour", "fs_embed", "fs_perplexity",
@@ -363,10 +389,12 @@ def sidebar() -> Selection:
         if explainer is not None:
             st.session_state["last_explainer"] = explainer
         explainer = st.session_state.get("last_explainer") or get_explainer(DEFAULT_BACKBONE, "cpu")
+        input_size = _input_size_sidebar(explainer.backbone, image)
         with st.expander("Diagnostics"):
             st.caption(f"torch {torch.__version__} · {device_label(explainer.backbone.device)}")
             st.json(dict(explainer.stats), expanded=False)
-    selection = Selection(image=image, explainer=explainer, device=str(explainer.backbone.device))
+    selection = Selection(image=image, explainer=explainer, device=str(explainer.backbone.device),
+                          input_size=input_size)
     st.session_state["selection"] = selection  # lets page tests read the live Explainer's stats
     return selection
 
