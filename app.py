@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st  # noqa: E402
 
-from ui.common import run_page, sidebar  # noqa: E402
+from ui.common import run_page, sidebar, working_indicator  # noqa: E402
 
 st.set_page_config(page_title="CAM Explorer", page_icon="🔥", layout="wide")
 
@@ -29,4 +29,8 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
-run_page(page, sidebar())
+working = working_indicator()
+try:
+    run_page(page, sidebar())
+finally:
+    working.empty()

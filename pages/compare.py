@@ -29,6 +29,7 @@ from ui.common import (
     page_selection,
     param_input,
     shown_width,
+    stop_all_requested,
     tile_npy,
     tile_png,
 )
@@ -67,6 +68,18 @@ class Grid:
     sheet_tiles: dict  # (class, method) -> (caption, tile without its colour bar)
 
 
+def slow_label(label: str) -> str:
+    """A slow method's label: 'Score-CAM (top-N channels, slow)', not '... (top-N channels) (slow)'."""
+    return f"{label[:-1]}, slow)" if label.endswith(")") else f"{label} (slow)"
+
+
+# Widgets get their defaults here, never as a value argument: the sidebar re-assigns the page
+# keys on every run (to keep them across pages), and a widget given both a value and a state
+# makes Streamlit log "created with a default value but also had its value set via the Session
+# State API".
+DEFAULTS = {"topk": 1, "opacity": 0.5, "threshold": 0.0, "per_row": 5}
+
+
 # ----- controls ---------------------------------------------------------------------------
 def target_controls(sel: Selection, preds, column) -> list[int]:
     """Top-5 buttons, a class search and the top-k count: the classes to explain."""
@@ -87,22 +100,38 @@ def target_controls(sel: Selection, preds, column) -> list[int]:
                 type="primary" if p.index == st.session_state["target"] else "secondary",
                 help=f"class {p.index}: {p.name}",
             )
+        truth_note(sel, preds[0])
         c1, c2 = st.columns([3, 2])
         query = c1.text_input("Search a class by name", key="class_query", placeholder="e.g. tabby, 281")
         if query:
             found = [int(query)] if query.strip().isdigit() else search_classes(query, bb.class_names)
             found = [i for i in found if 0 <= i < bb.num_classes]
-            if found:
+            if query.strip().isdigit() and not found:
+                c1.warning(f"{bb.name} has class ids 0 to {bb.num_classes - 1}; {query.strip()} is not one.")
+            elif found:
                 names = {i: f"{i}: {bb.class_name(i)}" for i in found}
                 pick = c1.selectbox("Matches", found, format_func=names.__getitem__, key="class_pick")
                 c1.button("Explain this class", on_click=explain_class, args=(pick,), key="use_pick")
             else:
                 c1.warning(f"No class name matches '{query}'.")
-        side_by_side = c2.number_input("Classes side by side (top-k)", 1, 5, 1, key="topk",
+        side_by_side = c2.number_input("Classes side by side (top-k)", 1, 5, key="topk",
                                        help="More than 1: one row per class, the top-k predictions.")
     if side_by_side > 1:
         return [p.index for p in preds[: int(side_by_side)]]
     return [st.session_state["target"]]
+
+
+def truth_note(sel: Selection, top1) -> None:
+    """What the sample photo shows, next to the top-5; a warning when the top-1 disagrees
+    (ImageNet heads only: the recorded classes are ImageNet's)."""
+    truth, bb = sel.truth, sel.backbone
+    if truth is None or bb.num_classes != 1000:
+        return
+    if truth.agrees(top1.index):
+        st.caption(f"The photo shows {truth.shows}.")
+    else:
+        st.warning(f"{bb.name} says **{bb.short_name(top1.index)}**; the photo shows {truth.shows}. "
+                   "Explain the top-1 to see what it looked at.", icon=":material/help:")
 
 
 def method_controls(sel: Selection) -> tuple[dict, list[str], str, dict[str, dict]]:
@@ -121,7 +150,7 @@ def method_controls(sel: Selection) -> tuple[dict, list[str], str, dict[str, dic
         st.session_state["methods_defaults"] = defaults
     chosen = st.multiselect(
         "Methods", list(specs), key="methods",
-        format_func={n: s.label + (" (slow)" if s.slow else "") for n, s in specs.items()}.__getitem__,
+        format_func={n: slow_label(s.label) if s.slow else s.label for n, s in specs.items()}.__getitem__,
     )
     with st.expander("Layer and method parameters"):
         layers = sel.backbone.layer_choices()
@@ -141,12 +170,12 @@ def method_controls(sel: Selection) -> tuple[dict, list[str], str, dict[str, dic
 def display_controls() -> Display:
     d1, d2, d3, d4, d5 = st.columns(5)
     cmap = d1.selectbox("Colormap", COLORMAPS, key="cmap")
-    opacity = d2.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="opacity")
+    opacity = d2.slider("Opacity", 0.0, 1.0, step=0.05, key="opacity")
     norm = d3.radio("Normalisation", NORMALISATIONS, horizontal=True, key="norm", help=NORM_HELP)
-    threshold = d4.slider("Threshold (0 = off)", 0.0, 1.0, 0.0, 0.05, key="threshold",
+    threshold = d4.slider("Threshold (0 = off)", 0.0, 1.0, step=0.05, key="threshold",
                           help="Draws the contour of the region at or above it, and the box of its largest part.")
-    per_row = d5.slider("Tiles per row", 1, 6, 5, key="per_row")
-    show_raw = st.toggle("Show the raw maps too", value=False, key="show_raw")
+    per_row = d5.slider("Tiles per row", 1, 6, key="per_row")
+    show_raw = st.toggle("Show the raw maps too", key="show_raw")
     return Display(cmap, opacity, norm, threshold, per_row, show_raw)
 
 
@@ -174,6 +203,8 @@ def run_slow(grid: Grid, cell, m: str, t: int, layer: str, params: dict, bank) -
     sel, label = grid.sel, grid.specs[m].label
     key = (sel.image.sha256, sel.backbone.name, sel.input_size, layer, m, t)
     stopped = st.session_state.setdefault("stopped_slow", set())
+    if stop_all_requested():
+        stopped.add(key)
     if key not in stopped:
         with cell:
             bar, stop = st.empty(), st.empty()
@@ -249,6 +280,8 @@ def grid_cells(grid: Grid, targets: list[int], chosen: list[str]) -> dict:
 
 def main(sel: Selection) -> None:
     ex, image, bb = sel.explainer, sel.image, sel.backbone
+    for key, value in DEFAULTS.items():
+        st.session_state.setdefault(key, value)
     st.title("Compare CAM methods")
     try:
         preds = ex.predict(image, 5, input_size=sel.input_size)

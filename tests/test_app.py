@@ -199,3 +199,58 @@ def test_input_size_is_fixed_for_a_vit_built_for_one_size(app):
     app.selectbox(key="backbone_choice").set_value("testbed-vit").run()
     box = app.selectbox(key="input_size_fixed")
     assert box.disabled and "inputs only" in box.help
+
+
+def test_class_search_says_the_id_range_and_labels_read_right(app):
+    """Issue 9 item 13: "9999" said "No class name matches"; a slow method read
+    "Score-CAM (top-N channels) (slow)"; the backbone's description was cut off in the box."""
+    app.text_input(key="class_query").set_value("9999").run()
+    assert any("class ids 0 to 999" in w.value for w in app.warning), [w.value for w in app.warning]
+    options = app.multiselect(key="methods").options
+    assert "Score-CAM (top-N channels, slow)" in options and not any(") (" in o for o in options)
+    box = app.selectbox(key="backbone_choice")
+    assert box.format_func(box.value) == "efficientnet_lite0"
+    assert any(c.value.startswith("EfficientNet-Lite0, ImageNet") for c in app.sidebar.caption)
+
+
+def test_no_widget_is_given_both_a_default_and_a_state(monkeypatch):
+    """Issue 9 item 13: the server log repeated "widget created with a default value but also
+    set via Session State" (topk): each warning the Compare page makes, recorded."""
+    from streamlit.elements.lib import policies
+    from streamlit.testing.v1 import AppTest
+
+    warned = []
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)
+    monkeypatch.setattr(policies._LOGGER, "warning", lambda msg, *args, **kw: warned.append(msg % args))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    at.slider(key="opacity").set_value(0.7).run()
+    at.number_input(key="topk").set_value(2).run()
+    at.number_input(key="topk").set_value(1).run()
+    assert not at.exception
+    assert not [w for w in warned if "default value" in w], warned
+    assert at.slider(key="opacity").value == 0.7 and at.slider(key="per_row").value == 5
+
+
+def test_a_misclassified_sample_says_what_the_photo_shows(app):
+    """Issue 9 item 15: with Lite0, horses.jpg is taken for something else and nothing said so."""
+    from ui.common import truths
+
+    app.selectbox(key="sample").set_value("horses.jpg").run()
+    assert not app.exception
+    top1 = next(b.label for b in app.button if b.key and b.key.startswith("pred_")).split(" · ")[0]
+    assert top1 != "sorrel"
+    notes = [w.value for w in app.warning if "the photo shows" in w.value]
+    assert notes == [f"efficientnet_lite0 says **{top1}**; the photo shows {truths()['horses.jpg'].shows}. "
+                     "Explain the top-1 to see what it looked at."], notes
+    app.selectbox(key="sample").set_value("coffee.png").run()  # espresso: the model is right
+    assert not [w for w in app.warning if "the photo shows" in w.value]
+    assert any(c.value == "The photo shows an espresso in a cup." for c in app.caption)
+
+
+def test_every_sample_has_its_truth_recorded():
+    from cam_core.backbones.names import imagenet_class_names
+    from ui.common import sample_names, truths
+
+    assert sorted(truths()) == sample_names()
+    assert all(0 <= i < len(imagenet_class_names()) for t in truths().values() for i in t.classes)

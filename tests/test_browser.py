@@ -157,3 +157,27 @@ def test_a_tall_image_and_its_tiles_leave_the_controls_on_screen(served_app, bro
                if b is not None]
     assert len(heights) >= 6 and max(heights) <= MAX_SHOWN_HEIGHT + 1, heights
     page.close()
+
+
+def test_a_running_indicator_during_every_run_and_a_global_stop(served_app, browser):
+    """Issue 9 item 5: the toolbar setting hides Streamlit's running indicator. The app shows
+    its own while a run is in progress, gone when it ends, and its Stop stops a slow method."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(served_app)
+    sidebar = page.locator("[data-testid='stSidebar']")
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_text("Eigen-CAM", exact=True).first.wait_for(timeout=180_000)
+    expect(sidebar.get_by_text("Working…")).to_have_count(0, timeout=120_000)  # the run has ended
+    methods = main.locator("[data-testid='stMultiSelect'] input").first
+    methods.click()
+    methods.fill("Score-CAM (slow)")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    sidebar.get_by_text("Working…").wait_for(state="visible", timeout=60_000)
+    sidebar.get_by_role("button", name=re.compile("Stop")).click()
+    expect(main.get_by_text("Stopped.")).to_have_count(1, timeout=120_000)
+    expect(main.get_by_role("button", name="Run it")).to_have_count(1)
+    expect(sidebar.get_by_text("Working…")).to_have_count(0, timeout=60_000)
+    page.close()

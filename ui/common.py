@@ -39,6 +39,7 @@ from cam_core.backbones import available_devices, device_label
 from cam_core.engine import INPUT_SIZES, MAX_INPUT_SIDE, InputSizeError, resolve_input_size
 from cam_core.images import MAX_PIXELS, WORKING_MAX_SIDE, load_working_image, resolve_under
 from cam_core.lru import ByteLRU
+from cam_core.samples import SampleTruth, sample_truths
 from cam_core.render import (
     compose_grid,
     downscale_for_display,
@@ -146,6 +147,11 @@ def thumbnail(path: str, side: int = 96) -> np.ndarray:
     return downscale_for_display(load_working_image(path).rgb, side)[0]
 
 
+@st.cache_data(show_spinner=False)
+def truths() -> dict[str, SampleTruth]:
+    return sample_truths(SAMPLES)
+
+
 def sample_names() -> list[str]:
     return sorted(p.name for p in SAMPLES.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
@@ -156,6 +162,7 @@ class Selection:
     explainer: Explainer
     device: str
     input_size: str = "default"  # cam_core.engine.INPUT_SIZES: what every method and page feeds the model
+    truth: SampleTruth | None = None  # what the photo shows, when it is a bundled sample
 
     @property
     def backbone(self):
@@ -179,6 +186,8 @@ def _browse_samples(names: list[str]) -> None:
         with cols[i % 6]:
             st.image(thumbnail(str(SAMPLES / n)), width="stretch")
             st.button(Path(n).stem, key=f"thumb_{n}", on_click=_use_sample, args=(n,), width="stretch")
+            if (truth := truths().get(n)) is not None:
+                st.caption(truth.shows + ("" if truth.classes else " · no ImageNet class"))
 
 
 def _session_image(key: tuple, load: Callable[[], LoadedImage]) -> LoadedImage:
@@ -233,10 +242,14 @@ def _image_sidebar() -> LoadedImage | None:
 def _backbone_sidebar(device: str) -> Explainer | None:
     offline = list(BACKBONES)
     choices = offline + EXTRA_BACKBONES + [HUB, CHECKPOINT]
-    labels = {n: BACKBONES[n].description for n in offline}
-    labels.update({"random:resnet18": "ResNet-18, random weights (no download)",
-                   "random:deit_tiny_patch16_224": "DeiT-Tiny ViT, random weights (no download)"})
-    choice = st.selectbox("Backbone", choices, key="backbone_choice", format_func=lambda n: labels.get(n, n))
+    descriptions = {n: BACKBONES[n].description for n in offline}
+    descriptions.update({"random:resnet18": "ResNet-18, random weights (no download)",
+                         "random:deit_tiny_patch16_224": "DeiT-Tiny ViT, random weights (no download)"})
+    # The name itself in the box (a description there was cut off at the sidebar's width); the
+    # description, wrapped, under it.
+    choice = st.selectbox("Backbone", choices, key="backbone_choice")
+    if choice in descriptions:
+        st.caption(descriptions[choice])
     kwargs: dict = {}
     name = choice
     if choice == HUB:
@@ -393,8 +406,9 @@ def sidebar() -> Selection:
         with st.expander("Diagnostics"):
             st.caption(f"torch {torch.__version__} · {device_label(explainer.backbone.device)}")
             st.json(dict(explainer.stats), expanded=False)
+    shown_sample = st.session_state.get("image_source") == "Sample" and image.name == st.session_state.get("sample")
     selection = Selection(image=image, explainer=explainer, device=str(explainer.backbone.device),
-                          input_size=input_size)
+                          input_size=input_size, truth=truths().get(image.name) if shown_sample else None)
     st.session_state["selection"] = selection  # lets page tests read the live Explainer's stats
     return selection
 
@@ -482,6 +496,24 @@ def shown_width(arr: np.ndarray) -> int | str:
     draws an image wider than its column, so its height stays within the cap)."""
     h, w = arr.shape[:2]
     return "stretch" if h <= w else max(16, round(MAX_SHOWN_HEIGHT * w / h))
+
+
+def working_indicator():
+    """Shown at the top of the sidebar while a run is in progress (app.py empties it when the
+    run ends): the toolbar setting hides Streamlit's own running indicator. Its Stop button
+    interrupts the run (any click does) and stops the slow methods of the next one
+    (stop_all_requested)."""
+    box = st.sidebar.empty()
+    with box.container(horizontal=True, vertical_alignment="center"):
+        st.markdown(":material/progress_activity: **Working…**")
+        st.button("Stop", key="stop_all", icon=":material/stop_circle:",
+                  help="Stop what the page is computing: slow methods stay stopped until you click their Run it.")
+    return box
+
+
+def stop_all_requested() -> bool:
+    """The Stop of the running indicator was clicked: this run starts no slow method."""
+    return bool(st.session_state.get("stop_all"))
 
 
 def explain_class(index: int) -> None:
