@@ -34,6 +34,31 @@ from ui.common import (
     tile_png,
 )
 
+HOW_TO_READ = """
+**A class activation map (CAM)** shows, for one class, how much each part of the image pushed
+the model's score for that class: hot colours where the evidence is. Each tile is one method's
+answer for the same image, layer and class; the colour bar under it says what its ends mean.
+
+**CAM** (Zhou et al. 2016) weighs the last feature maps by the classifier's weights for the
+class: map = Σₖ wₖᶜ Aₖ. It needs a head that is global average pooling (GAP) + one linear layer.
+
+**Why CAM, Grad-CAM and XGrad-CAM coincide** at the last layer of such a head: the gradient of
+the score is ∂yᶜ/∂Aₖ = wₖᶜ / (h·w) at every pixel, so Grad-CAM's channel weight (its mean) and
+XGrad-CAM's (its activation-weighted mean) are both wₖᶜ / (h·w), CAM's weight up to a positive
+scale. After normalisation the three tiles are the same map (Grad-CAM's ReLU aside). Pick an
+earlier layer and they part ways.
+
+**Class-agnostic maps** (Eigen-CAM, rollout) are the same for every class: shown once.
+
+**Prototypes** (LPCAM, SIPE): instead of the one classifier row per class, the features of
+pixels the class clearly covers are clustered (K-means) into several local prototypes (a
+cat's ear, fur, eye); the map is each pixel's cosine similarity to them, minus that to context
+prototypes (background that comes with the class). LPCAM from this image's own pixels is
+marked approximate: the paper clusters a whole training set. The Feature space page shows them.
+
+**Approximate** on a tile: the method departs from its paper here (a note on hover says how).
+"""
+
 DEFAULT_METHODS = ["cam", "gradcam", "gradcampp", "layercam", "eigencam"]
 NORM_HELP = "minmax: (m - min)/(max - min), as Grad-CAM libraries and TS-CAM. max: m/max, as LPCAM and SIPE."
 
@@ -282,7 +307,10 @@ def main(sel: Selection) -> None:
     ex, image, bb = sel.explainer, sel.image, sel.backbone
     for key, value in DEFAULTS.items():
         st.session_state.setdefault(key, value)
-    st.title("Compare CAM methods")
+    title, help_button = st.columns([5, 1], vertical_alignment="bottom")
+    title.title("Compare CAM methods")
+    with help_button.popover("How to read this page", icon=":material/help:"):
+        st.markdown(HOW_TO_READ)
     try:
         preds = ex.predict(image, 5, input_size=sel.input_size)
     except (LayerError, RuntimeError) as exc:

@@ -254,3 +254,11 @@ def test_every_sample_has_its_truth_recorded():
 
     assert sorted(truths()) == sample_names()
     assert all(0 <= i < len(imagenet_class_names()) for t in truths().values() for i in t.classes)
+
+
+def test_how_to_read_this_page_is_one_click_away(app):
+    """Issue 9 item 16: what a CAM is, why CAM, Grad-CAM and XGrad-CAM coincide, prototypes."""
+    text = " ".join(m.value for m in app.markdown)
+    for part in ("A class activation map (CAM)", "Why CAM, Grad-CAM and XGrad-CAM coincide", "Prototypes"):
+        assert part in text
+    assert page_titles(app) == ["CAM", "Grad-CAM", "Grad-CAM++", "LayerCAM", "Eigen-CAM"]  # tiles unchanged
