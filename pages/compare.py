@@ -32,6 +32,7 @@ from ui.common import (
     stop_all_requested,
     tile_npy,
     tile_png,
+    warm_up_once,
 )
 
 HOW_TO_READ = """
@@ -362,6 +363,7 @@ def main(sel: Selection) -> None:
             "Download the whole grid (PNG)",
             grid_png([("image", display_rgb), *tiles], display.per_row + 1, settings, display.cmap, display.norm),
             file_name=f"{image.stem}_grid.png", mime="image/png", key="grid_png", on_click="ignore")
+    warm_up_once(ex, [m for m in chosen if any(k[1] == m for k in grid.results)])
 
 
 main(page_selection())

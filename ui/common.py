@@ -79,10 +79,26 @@ def get_explainer(
 ) -> Explainer:
     # cache_resource: one model per (backbone, device) shared by every browser session;
     # the Explainer serialises computations with its own lock.
+    # Not warmed up here: the first page's tiles come first (warm_up_once, after they are shown).
     backbone = load_backbone(name, device, checkpoint=checkpoint, num_classes=num_classes, class_names=class_names)
-    explainer = Explainer(backbone)
-    explainer.warm_up()  # so the times shown on the tiles are steady-state times
-    return explainer
+    return Explainer(backbone)
+
+
+_WARMED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Explainer -> the methods warmed up
+_WARM_LOCK = threading.Lock()
+
+
+def warm_up_once(explainer: Explainer, methods: list[str]) -> None:
+    """Called by a page after its tiles are on the screen: warm up (Explainer.warm_up) the
+    methods it shows that this explainer has not warmed up yet, so that the times on later
+    tiles are steady-state times. Warming every method before the first page (as before)
+    made the first tiles wait for all of them (8.9 s to the first tiles, issue 9 item 17)."""
+    with _WARM_LOCK:
+        done = _WARMED.setdefault(explainer, set())
+        todo = [m for m in methods if m not in done]
+        if todo:
+            explainer.warm_up(todo)
+            done.update(todo)
 
 
 # Decoded images, shared by every session, bounded by their bytes: each is at most
