@@ -52,7 +52,7 @@ ex, image, bb = sel.explainer, sel.image, sel.backbone
 st.title("Feature space")
 st.caption("Where the class centre (the classifier's row) sits among the pixel features, and how "
            "LPCAM's prototypes and SIPE's seeds cover the rest of the object.")
-if (reason := get_method("cam").refusal(bb)) is not None:  # no class centres to place (issue 13)
+if (reason := get_method("lpcam").refusal(bb)) is not None:  # no class centres to place (issue 13)
     st.info(f"{reason}. This page places pixel features around the classifier's class centres; the Compare "
             "page offers the methods that apply to this backbone.")
     st.stop()

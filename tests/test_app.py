@@ -262,3 +262,12 @@ def test_how_to_read_this_page_is_one_click_away(app):
     for part in ("A class activation map (CAM)", "Why CAM, Grad-CAM and XGrad-CAM coincide", "Prototypes"):
         assert part in text
     assert page_titles(app) == ["CAM", "Grad-CAM", "Grad-CAM++", "LayerCAM", "Eigen-CAM"]  # tiles unchanged
+
+
+def test_the_feature_space_page_says_why_it_does_not_apply_to_the_vit_testbed(app):
+    """testbed-vit became reachable (issue 9 item 1): its conv head has no class centres to
+    place, which the Feature space page must say instead of raising."""
+    app.selectbox(key="backbone_choice").set_value("testbed-vit").run()
+    app.switch_page("pages/feature_space.py").run()
+    assert not app.exception, [e.message for e in app.exception]
+    assert any("cannot be scored" in i.value for i in app.info), [i.value for i in app.info]
