@@ -271,3 +271,13 @@ def test_the_feature_space_page_says_why_it_does_not_apply_to_the_vit_testbed(ap
     app.switch_page("pages/feature_space.py").run()
     assert not app.exception, [e.message for e in app.exception]
     assert any("cannot be scored" in i.value for i in app.info), [i.value for i in app.info]
+
+
+def test_the_sample_browser_says_what_each_photo_shows(app):
+    from ui.common import truths
+
+    next(b for b in app.button if b.label == "Browse samples").click().run()
+    assert not app.exception
+    captions = {c.value for c in app.caption}
+    assert truths()["horses.jpg"].shows in captions
+    assert "a dahlia (ImageNet has no dahlia)" in captions

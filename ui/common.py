@@ -203,7 +203,8 @@ def _browse_samples(names: list[str]) -> None:
             st.image(thumbnail(str(SAMPLES / n)), width="stretch")
             st.button(Path(n).stem, key=f"thumb_{n}", on_click=_use_sample, args=(n,), width="stretch")
             if (truth := truths().get(n)) is not None:
-                st.caption(truth.shows + ("" if truth.classes else " · no ImageNet class"))
+                said = truth.classes or "ImageNet" in truth.shows
+                st.caption(truth.shows + ("" if said else " · no ImageNet class"))
 
 
 def _session_image(key: tuple, load: Callable[[], LoadedImage]) -> LoadedImage:
