@@ -281,3 +281,27 @@ def test_the_sample_browser_says_what_each_photo_shows(app):
     captions = {c.value for c in app.caption}
     assert truths()["horses.jpg"].shows in captions
     assert "a dahlia (ImageNet has no dahlia)" in captions
+
+
+def test_the_first_page_warms_up_only_the_methods_it_shows(monkeypatch):
+    """Issue 9 item 17: loading a backbone warmed up every method before the first tiles
+    (8.9 s to them); now the page warms up what it shows, once, after drawing it."""
+    from streamlit.testing.v1 import AppTest
+
+    from cam_core import Explainer
+    from ui import common
+
+    calls = []
+    real = Explainer.warm_up
+
+    def spy(self, methods=None):
+        calls.append(None if methods is None else list(methods))
+        return real(self, methods)
+
+    monkeypatch.setattr(Explainer, "warm_up", spy)
+    common.get_explainer.clear()  # a fresh explainer, as on a fresh server
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    assert calls == [["cam", "gradcam", "gradcampp", "layercam", "eigencam"]]
+    at.slider(key="opacity").set_value(0.8).run()
+    assert len(calls) == 1 and len(page_titles(at)) == 5
