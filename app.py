@@ -1,10 +1,10 @@
-"""CAM Explorer entry point: page set-up and navigation.
+"""CAM Explorer entry point: page set-up, navigation and the shared sidebar.
 
 Run: streamlit run app.py
 
-Each page begins with pages.common.sidebar(), the one sidebar they share (image, backbone,
-device): Streamlit reruns only the page script after the first run, so the sidebar has to
-live in the pages for its widgets to be live on every rerun.
+With st.navigation, Streamlit runs this file on every rerun: it draws the sidebar the pages
+share (image, backbone, device; ui/common.py) and runs the chosen page, which starts from
+that selection (ui.common.page_selection()).
 """
 
 import os
@@ -18,10 +18,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st  # noqa: E402
 
+from ui.common import run_page, sidebar, working_indicator  # noqa: E402
+
 st.set_page_config(page_title="CAM Explorer", page_icon="🔥", layout="wide")
 
-page = st.navigation([
+# One line per page: its file under pages/, its title and icon.
+PAGES = [
     st.Page("pages/compare.py", title="Compare", icon=":material/grid_view:", default=True),
     st.Page("pages/feature_space.py", title="Feature space", icon=":material/scatter_plot:"),
-])
-page.run()
+]
+
+page = st.navigation(PAGES)
+working = working_indicator()
+try:
+    run_page(page, sidebar())
+finally:
+    working.empty()

@@ -562,7 +562,10 @@ class Explainer:
         """Run the forward pass, a gradient and each fast method once on a synthetic image (and
         one small batch through the model for the slow ones), then forget the results, so that
         reported times exclude first-call costs (allocator, kernel choice, LAPACK init).
-        Only this synthetic image's entries are dropped: other callers' results stay."""
+        Only this synthetic image's entries are dropped: other callers' results stay, and the
+        stats are left as they were (the app warms up after its first page is drawn)."""
+        with self._stats_lock:
+            stats_before = Counter(self.stats)
         h, w = self.backbone.input_size
         rng = np.random.default_rng(0)
         image = from_array(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "warm-up")
@@ -581,6 +584,7 @@ class Explainer:
                     memo.pop(key)
         with self._stats_lock:
             self.stats.clear()
+            self.stats.update(stats_before)
 
     def clear(self) -> None:
         self._forwards.clear()

@@ -140,8 +140,36 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def compose_grid(tiles: list[tuple[str, np.ndarray]], columns: int = 4, tile_side: int = 320) -> np.ndarray:
-    """Tiles with their captions on one sheet (the 'download the whole grid' image)."""
+# What the ends of a colour bar stand for under each normalisation.
+COLORBAR_ENDS = {"minmax": ("0 = the map's min", "1 = its max"), "max": ("0 (or below)", "1 = the map's max")}
+
+
+def colorbar(cmap: str, width: int, norm: str = "minmax", height: int = 10) -> np.ndarray:
+    """A horizontal colour bar `width` px wide: the colormap from 0 (left) to 1 (right), over
+    a line saying what its ends mean under the normalisation `norm` (COLORBAR_ENDS)."""
+    width = max(2, int(width))
+    ramp = np.repeat(np.linspace(0.0, 1.0, width, dtype=np.float32)[None], height, axis=0)
+    bar = colorize(ramp, cmap)
+    lo, hi = COLORBAR_ENDS[norm] if width >= 200 else ("0", "1")
+    text = Image.new("RGB", (width, 12), (255, 255, 255))
+    draw = ImageDraw.Draw(text)
+    font = ImageFont.load_default()
+    draw.text((1, 0), lo, fill=(0, 0, 0), font=font)
+    draw.text((max(1, width - 1 - round(draw.textlength(hi, font=font))), 0), hi, fill=(0, 0, 0), font=font)
+    return np.concatenate([bar, np.asarray(text)], axis=0)
+
+
+def with_colorbar(tile: np.ndarray, cmap: str, norm: str = "minmax") -> np.ndarray:
+    """The tile over its colour bar, as it is shown and downloaded."""
+    gap = np.full((2, tile.shape[1], 3), 255, np.uint8)
+    return np.concatenate([tile, gap, colorbar(cmap, tile.shape[1], norm)], axis=0)
+
+
+def compose_grid(tiles: list[tuple[str, np.ndarray]], columns: int = 4, tile_side: int = 320,
+                 title: str | None = None, cmap: str | None = None, norm: str = "minmax") -> np.ndarray:
+    """Tiles with their captions on one sheet (the 'download the whole grid' image), in the
+    order given; `title` (the settings) above them and, with `cmap`, one colour bar under
+    them for the whole sheet."""
     if not tiles:
         raise ValueError("no tiles to compose")
     columns = max(1, min(columns, len(tiles)))
@@ -150,14 +178,22 @@ def compose_grid(tiles: list[tuple[str, np.ndarray]], columns: int = 4, tile_sid
     scale = tile_side / max(h0, w0)
     tw, th = max(1, round(w0 * scale)), max(1, round(h0 * scale))
     caption_h, pad = 22, 6
-    sheet = Image.new("RGB", (columns * (tw + pad) + pad, rows * (th + caption_h + pad) + pad), (255, 255, 255))
+    top = caption_h if title else 0
+    bar = colorbar(cmap, min(400, columns * (tw + pad) - pad), norm) if cmap else None
+    bottom = bar.shape[0] + pad if bar is not None else 0
+    sheet = Image.new("RGB", (columns * (tw + pad) + pad, top + rows * (th + caption_h + pad) + pad + bottom),
+                      (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
+    if title:
+        draw.text((pad, pad), title, fill=(0, 0, 0), font=font)
     for i, (caption, img) in enumerate(tiles):
         r, c = divmod(i, columns)
-        x, y = pad + c * (tw + pad), pad + r * (th + caption_h + pad)
+        x, y = pad + c * (tw + pad), top + pad + r * (th + caption_h + pad)
         draw.text((x, y + 4), caption, fill=(0, 0, 0), font=font)
         sheet.paste(Image.fromarray(img).resize((tw, th), Image.BILINEAR), (x, y + caption_h))
+    if bar is not None:
+        sheet.paste(Image.fromarray(bar), (pad, sheet.height - bottom))
     return np.asarray(sheet)
 
 

@@ -27,24 +27,29 @@ def top_predictions(probs: torch.Tensor, backbone, k: int = 5) -> list[Predictio
 
 
 def search_classes(query: str, class_names: list[str], limit: int = 20) -> list[int]:
-    """Class indices whose name contains the query (case-insensitive); whole-word matches of
-    a synonym first, then word prefixes, then any substring."""
+    """Class indices whose name contains the query (case-insensitive), best first: a whole
+    synonym ("cat" = "cat"), then a whole word ("tiger cat"), then a word prefix
+    ("catamaran", "Rana catesbeiana"), then any substring ("oystercatcher"); in class order
+    within each."""
     q = query.strip().lower()
     if not q:
         return []
-    exact, prefix, inner = [], [], []
+    tiers: tuple[list[int], ...] = ([], [], [], [])
+    whole_word = re.compile(r"\b" + re.escape(q) + r"\b")
+    word_prefix = re.compile(r"\b" + re.escape(q))
     for i, name in enumerate(class_names):
         lname = name.lower()
         if q not in lname:
             continue
-        synonyms = [s.strip() for s in lname.split(",")]
-        if q in synonyms:
-            exact.append(i)
-        elif re.search(r"\b" + re.escape(q), lname):
-            prefix.append(i)
+        if q in (s.strip() for s in lname.split(",")):
+            tiers[0].append(i)
+        elif whole_word.search(lname):
+            tiers[1].append(i)
+        elif word_prefix.search(lname):
+            tiers[2].append(i)
         else:
-            inner.append(i)
-    return (exact + prefix + inner)[:limit]
+            tiers[3].append(i)
+    return [i for tier in tiers for i in tier][:limit]
 
 
 _TOPK = re.compile(r"^top-?(\d+)$")

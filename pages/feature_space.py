@@ -37,7 +37,7 @@ from cam_core.render import (
     resize_nearest,
     to_image_map,
 )
-from pages.common import USER_ERRORS, allowed_image_dirs, bank_dir, drop_stale_choice, param_input, sidebar
+from ui.common import USER_ERRORS, allowed_image_dirs, bank_dir, drop_stale_choice, page_selection, param_input
 
 THIS_IMAGE = "this image (its own pixels)"
 BUILD = "build from a folder…"
@@ -47,12 +47,12 @@ KIND_COLOURS = {BANK_FG: "#e377c2", BANK_BG: "#7f7f7f", CENTRE: "#d62728", LP_CL
                 LP_CONTEXT: "#9467bd", SIPE_PROTO: "#ff7f0e"}
 
 st.session_state["fs_page_runs"] = st.session_state.get("fs_page_runs", 0) + 1
-sel = sidebar()
+sel = page_selection()
 ex, image, bb = sel.explainer, sel.image, sel.backbone
 st.title("Feature space")
 st.caption("Where the class centre (the classifier's row) sits among the pixel features, and how "
            "LPCAM's prototypes and SIPE's seeds cover the rest of the object.")
-if (reason := get_method("cam").refusal(bb)) is not None:  # no class centres to place (issue 13)
+if (reason := get_method("lpcam").refusal(bb)) is not None:  # no class centres to place (issue 13)
     st.info(f"{reason}. This page places pixel features around the classifier's class centres; the Compare "
             "page offers the methods that apply to this backbone.")
     st.stop()

@@ -9,7 +9,7 @@ from PIL import Image
 
 
 def _tile_captions(at):
-    return [c.value for c in at.caption if " ms · (" in c.value]
+    return [c.value for c in at.caption if " ms · grid " in c.value]
 
 
 def _stats(at):
@@ -117,3 +117,191 @@ def test_offline_hub_backbone_is_a_message_not_a_traceback(app, monkeypatch):
     assert not app.exception
     assert any("Offline choices" in e.value for e in app.error)
     assert len(page_titles(app)) == 5  # still the previous backbone's tiles
+
+
+def test_the_vit_testbed_loads_and_offers_its_own_methods(app):
+    """Issue 9 item 1: picking testbed-vit loads it (its conv head refused LPCAM's warm-up,
+    and the page silently stayed on the previous backbone); only the methods that apply
+    are offered, the ViT's own (TS-CAM, rollout) among the defaults."""
+    app.selectbox(key="backbone_choice").set_value("testbed-vit").run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert app.session_state["selection"].backbone.name == "testbed-vit"
+    offered = app.multiselect(key="methods").options
+    assert "LPCAM" not in offered and "TS-CAM" in offered
+    titles = page_titles(app)
+    assert {"TS-CAM", "Attention rollout", "CAM"} <= set(titles), titles
+    assert len(_tile_captions(app)) == len(titles)  # every tile drawn, none an error
+
+
+def test_in_topk_mode_a_prediction_or_a_searched_class_is_explained(app):
+    """Issue 9 item 3: with k > 1 the top-5 buttons and "Explain this class" did nothing."""
+    app.number_input(key="topk").set_value(3).run()
+    next(b for b in app.button if b.label.startswith("lynx") or b.label.startswith("tabby")).click().run()
+    captions = _tile_captions(app)
+    clicked = captions[0].split(" · ")[0]
+    assert clicked in ("lynx", "tabby") and not app.subheader
+    assert all(c.startswith(clicked) or c.startswith("class-agnostic") for c in captions), captions
+    app.number_input(key="topk").set_value(3).run()
+    app.text_input(key="class_query").set_value("goldfish").run()
+    app.button(key="use_pick").click().run()
+    assert all(c.startswith("goldfish") or c.startswith("class-agnostic") for c in _tile_captions(app))
+    assert app.number_input(key="topk").value == 1
+
+
+def test_topk_rows_line_up_by_method(app):
+    """Issue 9 item 6: every class's row has the same columns, in the chosen order; the
+    class-agnostic Eigen-CAM is drawn once and its place marked in the other rows."""
+    app.number_input(key="topk").set_value(3).run()
+    labels = ["CAM", "Grad-CAM", "Grad-CAM++", "LayerCAM", "Eigen-CAM"]
+    assert page_titles(app) == labels * 3
+    assert sum("class-agnostic: the same map" in c.value for c in app.caption) == 2
+    assert sum(c.startswith("class-agnostic") for c in _tile_captions(app)) == 1
+
+
+def test_grid_png_keeps_the_screen_order_and_says_the_settings(app, monkeypatch):
+    """Issue 9 item 9: slow methods were put last in the grid PNG, which had no settings."""
+    from ui import common
+
+    seen = {}
+    real = common.grid_png
+
+    def spy(tiles, columns, title, cmap, norm):
+        seen.update(captions=[c for c, _ in tiles], title=title)
+        return real(tiles, columns, title, cmap, norm)
+
+    monkeypatch.setattr(common, "grid_png", spy)
+    app.multiselect(key="methods").set_value(["scorecam_topn", "cam"]).run()
+    app.number_input(key="param_scorecam_topn_channels").set_value(8).run()
+    assert not app.exception
+    assert [c.split(" | ")[0] for c in seen["captions"]] == ["image", "Score-CAM (top-N channels)", "CAM"]
+    for part in ("cat.png", "efficientnet_lite0", "layer", "Egyptian cat", "minmax"):
+        assert part in seen["title"], seen["title"]
+
+
+def test_input_size_in_the_sidebar_feeds_every_method_and_the_top5(app):
+    """Issue 11 item 1: 2x the model's input gives Lite0 a 14 x 14 grid (7 x 7 at 224), and
+    the top-5 is the one computed at that size."""
+    from cam_core import Explainer, load_backbone, load_image
+    from helpers import SAMPLES
+
+    assert all(c.endswith("grid 7 × 7") for c in _tile_captions(app))
+    app.selectbox(key="input_size").set_value("2x").run()
+    assert not app.exception and not app.error
+    captions = _tile_captions(app)
+    assert len(captions) == 5 and all("grid 14 × 14" in c for c in captions), captions
+    assert any("fed to the model at 448 × 448" in c.value for c in app.sidebar.caption)
+    expected = Explainer(load_backbone("efficientnet_lite0")).predict(load_image(SAMPLES / "cat.png"), 5, input_size="2x")
+    shown = [b.label for b in app.button if b.key and b.key.startswith("pred_")]
+    assert shown == [f"{load_backbone('efficientnet_lite0').short_name(p.index)} · {p.probability:.1%}" for p in expected]
+
+
+def test_input_size_is_fixed_for_a_vit_built_for_one_size(app):
+    app.selectbox(key="backbone_choice").set_value("testbed-vit").run()
+    box = app.selectbox(key="input_size_fixed")
+    assert box.disabled and "inputs only" in box.help
+
+
+def test_class_search_says_the_id_range_and_labels_read_right(app):
+    """Issue 9 item 13: "9999" said "No class name matches"; a slow method read
+    "Score-CAM (top-N channels) (slow)"; the backbone's description was cut off in the box."""
+    app.text_input(key="class_query").set_value("9999").run()
+    assert any("class ids 0 to 999" in w.value for w in app.warning), [w.value for w in app.warning]
+    options = app.multiselect(key="methods").options
+    assert "Score-CAM (top-N channels, slow)" in options and not any(") (" in o for o in options)
+    box = app.selectbox(key="backbone_choice")
+    assert box.format_func(box.value) == "efficientnet_lite0"
+    assert any(c.value.startswith("EfficientNet-Lite0, ImageNet") for c in app.sidebar.caption)
+
+
+def test_no_widget_is_given_both_a_default_and_a_state(monkeypatch):
+    """Issue 9 item 13: the server log repeated "widget created with a default value but also
+    set via Session State" (topk): each warning the Compare page makes, recorded."""
+    from streamlit.elements.lib import policies
+    from streamlit.testing.v1 import AppTest
+
+    warned = []
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)
+    monkeypatch.setattr(policies._LOGGER, "warning", lambda msg, *args, **kw: warned.append(msg % args))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    at.slider(key="opacity").set_value(0.7).run()
+    at.number_input(key="topk").set_value(2).run()
+    at.number_input(key="topk").set_value(1).run()
+    assert not at.exception
+    assert not [w for w in warned if "default value" in w], warned
+    assert at.slider(key="opacity").value == 0.7 and at.slider(key="per_row").value == 5
+
+
+def test_a_misclassified_sample_says_what_the_photo_shows(app):
+    """Issue 9 item 15: with Lite0, horses.jpg is taken for something else and nothing said so."""
+    from ui.common import truths
+
+    app.selectbox(key="sample").set_value("horses.jpg").run()
+    assert not app.exception
+    top1 = next(b.label for b in app.button if b.key and b.key.startswith("pred_")).split(" · ")[0]
+    assert top1 != "sorrel"
+    notes = [w.value for w in app.warning if "the photo shows" in w.value]
+    assert notes == [f"efficientnet_lite0 says **{top1}**; the photo shows {truths()['horses.jpg'].shows}. "
+                     "Explain the top-1 to see what it looked at."], notes
+    app.selectbox(key="sample").set_value("coffee.png").run()  # espresso: the model is right
+    assert not [w for w in app.warning if "the photo shows" in w.value]
+    assert any(c.value == "The photo shows an espresso in a cup." for c in app.caption)
+
+
+def test_every_sample_has_its_truth_recorded():
+    from cam_core.backbones.names import imagenet_class_names
+    from ui.common import sample_names, truths
+
+    assert sorted(truths()) == sample_names()
+    assert all(0 <= i < len(imagenet_class_names()) for t in truths().values() for i in t.classes)
+
+
+def test_how_to_read_this_page_is_one_click_away(app):
+    """Issue 9 item 16: what a CAM is, why CAM, Grad-CAM and XGrad-CAM coincide, prototypes."""
+    text = " ".join(m.value for m in app.markdown)
+    for part in ("A class activation map (CAM)", "Why CAM, Grad-CAM and XGrad-CAM coincide", "Prototypes"):
+        assert part in text
+    assert page_titles(app) == ["CAM", "Grad-CAM", "Grad-CAM++", "LayerCAM", "Eigen-CAM"]  # tiles unchanged
+
+
+def test_the_feature_space_page_says_why_it_does_not_apply_to_the_vit_testbed(app):
+    """testbed-vit became reachable (issue 9 item 1): its conv head has no class centres to
+    place, which the Feature space page must say instead of raising."""
+    app.selectbox(key="backbone_choice").set_value("testbed-vit").run()
+    app.switch_page("pages/feature_space.py").run()
+    assert not app.exception, [e.message for e in app.exception]
+    assert any("cannot be scored" in i.value for i in app.info), [i.value for i in app.info]
+
+
+def test_the_sample_browser_says_what_each_photo_shows(app):
+    from ui.common import truths
+
+    next(b for b in app.button if b.label == "Browse samples").click().run()
+    assert not app.exception
+    captions = {c.value for c in app.caption}
+    assert truths()["horses.jpg"].shows in captions
+    assert "a dahlia (ImageNet has no dahlia)" in captions
+
+
+def test_the_first_page_warms_up_only_the_methods_it_shows(monkeypatch):
+    """Issue 9 item 17: loading a backbone warmed up every method before the first tiles
+    (8.9 s to them); now the page warms up what it shows, once, after drawing it."""
+    from streamlit.testing.v1 import AppTest
+
+    from cam_core import Explainer
+    from ui import common
+
+    calls = []
+    real = Explainer.warm_up
+
+    def spy(self, methods=None):
+        calls.append(None if methods is None else list(methods))
+        return real(self, methods)
+
+    monkeypatch.setattr(Explainer, "warm_up", spy)
+    common.get_explainer.clear()  # a fresh explainer, as on a fresh server
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    assert calls == [["cam", "gradcam", "gradcampp", "layercam", "eigencam"]]
+    at.slider(key="opacity").set_value(0.8).run()
+    assert len(calls) == 1 and len(page_titles(at)) == 5

@@ -50,8 +50,18 @@ def test_a_nul_byte_in_a_checkpoint_path_is_an_error(app):
     assert len(page_titles(app)) == 5  # still the previous backbone's tiles
 
 
+def test_a_png_given_as_a_checkpoint_is_called_not_a_checkpoint(app):
+    """Issue 9 item 12: it said the file "holds Python objects besides tensors"."""
+    app.selectbox(key="backbone_choice").set_value("local checkpoint…").run()
+    app.text_input(key="ckpt_path").set_value("cat.png").run()
+    assert not app.exception
+    errors = [e.value for e in app.sidebar.error]
+    assert any("cat.png is not a checkpoint" in e for e in errors) and not any("Python objects" in e for e in errors)
+    assert len(page_titles(app)) == 5  # still the previous backbone's tiles
+
+
 def test_download_callables_make_the_files_and_hold_only_a_weak_reference_to_the_image():
-    from pages.common import tile_npy, tile_png
+    from ui.common import tile_npy, tile_png
 
     rgb = np.zeros((30, 40, 3), np.uint8)
     image = from_array(rgb, "x.png")
@@ -61,7 +71,8 @@ def test_download_callables_make_the_files_and_hold_only_a_weak_reference_to_the
 
     arr = np.load(io.BytesIO(npy()))
     assert arr.shape == (30, 40) and arr.dtype == np.float32 and arr.min() == 0 and arr.max() == 1
-    assert Image.open(io.BytesIO(png())).size == (40, 30)
+    width, height = Image.open(io.BytesIO(png())).size
+    assert width == 40 and height > 30  # the tile at the image's own size, over its colour bar
     del image
     gc.collect()
     with pytest.raises(RuntimeError, match="no longer loaded"):
@@ -72,7 +83,7 @@ def test_earlier_images_are_not_kept_alive_by_the_page(app):
     """Streamlit keeps the metadata (callback, format_func) of every widget a session ever drew;
     a callback defined in the page script held that run's globals, and so each earlier image
     (with its forward pass and tiles) for the session's whole life."""
-    from pages.common import decoded_images
+    from ui.common import decoded_images
 
     from cam_core import LoadedImage
 
@@ -87,3 +98,13 @@ def test_earlier_images_are_not_kept_alive_by_the_page(app):
     alive = {o.name for o in gc.get_objects() if type(o) is LoadedImage and o.name.startswith("up_")}
     # Streamlit's session state keeps the previous run's values until the next run: one more.
     assert "up_squirrel.jpg" in alive and alive <= {"up_squirrel.jpg", "up_robin.jpg"}, alive
+
+
+def test_the_readme_counts_the_bundled_samples_right():
+    """Issue 9 item 14: the README said 24 bundled samples; there are 22."""
+    import re
+
+    from ui.common import sample_names
+
+    said = re.search(r"(\d+) bundled samples", (ROOT / "README.md").read_text())
+    assert said and int(said.group(1)) == len(sample_names())

@@ -127,3 +127,58 @@ def test_served_app_shows_the_grid_and_retargets(served_app, browser):
     expect(dialog).to_have_count(0, timeout=60_000)
     expect(main.get_by_text(re.compile(r"^German shepherd · [\d.]+ ms"))).to_have_count(4, timeout=120_000)
     page.close()
+
+
+def test_a_tall_image_and_its_tiles_leave_the_controls_on_screen(served_app, browser):
+    """Issue 9 item 8: a 200 x 1200 upload was drawn 1,179 px high and its tiles ~1,000 px."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from ui.common import MAX_SHOWN_HEIGHT
+
+    rgb = np.zeros((1200, 200, 3), np.uint8)
+    rgb[300:900, 40:160] = (200, 120, 60)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(served_app)
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_text("Eigen-CAM", exact=True).first.wait_for(timeout=180_000)
+    page.locator("[data-testid='stSidebar']").get_by_text("Upload", exact=True).click()
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(
+        files=[{"name": "tall.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    page.get_by_text(re.compile(r"tall\.png \(200×1200\)")).first.wait_for(timeout=120_000)
+    page.wait_for_function(
+        "document.querySelectorAll(\"[data-testid='stMain'] [data-testid='stImage'] img\").length >= 6",
+        timeout=60_000)
+    heights = [b["height"] for b in (img.bounding_box() for img in main.locator("[data-testid='stImage'] img").all())
+               if b is not None]
+    assert len(heights) >= 6 and max(heights) <= MAX_SHOWN_HEIGHT + 1, heights
+    page.close()
+
+
+def test_a_running_indicator_during_every_run_and_a_global_stop(served_app, browser):
+    """Issue 9 item 5: the toolbar setting hides Streamlit's running indicator. The app shows
+    its own while a run is in progress, gone when it ends, and its Stop stops a slow method."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(served_app)
+    sidebar = page.locator("[data-testid='stSidebar']")
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_text("Eigen-CAM", exact=True).first.wait_for(timeout=180_000)
+    expect(sidebar.get_by_text("Working…")).to_have_count(0, timeout=120_000)  # the run has ended
+    methods = main.locator("[data-testid='stMultiSelect'] input").first
+    methods.click()
+    methods.fill("Score-CAM (slow)")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    sidebar.get_by_text("Working…").wait_for(state="visible", timeout=60_000)
+    sidebar.get_by_role("button", name=re.compile("Stop")).click()
+    main.get_by_text("Stopped.").first.wait_for(timeout=120_000)
+    expect(main.get_by_role("button", name="Run it")).to_have_count(main.get_by_text("Stopped.").count())
+    expect(main.get_by_text(re.compile(r" ms · grid "))).to_have_count(5)  # the fast tiles only
+    expect(sidebar.get_by_text("Working…")).to_have_count(0, timeout=60_000)
+    page.close()

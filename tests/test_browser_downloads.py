@@ -1,6 +1,6 @@
 """End to end: a tile's download button still downloads while its page reruns and another
 session's run ends (it failed with "Deferred file ... not found"; see
-pages.common.keep_download_callables)."""
+ui.common.keep_download_callables)."""
 
 import re
 import time
@@ -17,7 +17,7 @@ IDLE = """() => !document.querySelector("[data-testid='stStatusWidgetRunningIcon
 def _open(browser, url):  # noqa: F811
     page = browser.new_context(viewport={"width": 1500, "height": 1400}, accept_downloads=True).new_page()
     page.goto(url)
-    page.get_by_text(re.compile(r" · [\d.]+ ms · \(")).first.wait_for(timeout=180_000)
+    page.get_by_text(re.compile(r" · [\d.]+ ms · grid ")).first.wait_for(timeout=180_000)
     page.wait_for_function(IDLE, timeout=120_000, polling=250)
     return page
 
@@ -33,8 +33,8 @@ def _choose(page, key, text):
 def test_a_tile_download_works_while_the_page_reruns(served_app, browser):  # noqa: F811
     a, b = _open(browser, served_app), _open(browser, served_app)
     # B on another backbone: its own Explainer, whose lock A's Score-CAM does not hold.
-    _choose(b, "backbone_choice", "ResNet-18, random")
-    b.get_by_text(re.compile(r"^class-agnostic · [\d.]+ ms · \(7, 7\)")).first.wait_for(timeout=180_000)
+    _choose(b, "backbone_choice", "random:resnet18")
+    b.get_by_text(re.compile(r"^class-agnostic · [\d.]+ ms · grid 7 × 7")).first.wait_for(timeout=180_000)
     b.wait_for_function(IDLE, timeout=120_000, polling=250)
     # A: Score-CAM, a slow tile drawn after its channels are scored (seconds).
     _choose(a, "methods", "Score-CAM")

@@ -8,7 +8,7 @@ from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.runtime.media_file_storage import MediaFileStorageError
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
-from pages.common import KEPT_DOWNLOADS_PER_BUTTON, KEPT_DOWNLOADS_PER_SESSION, keep_download_callables
+from ui.common import KEPT_DOWNLOADS_PER_BUTTON, KEPT_DOWNLOADS_PER_SESSION, keep_download_callables
 
 
 class Sessions:

@@ -267,3 +267,26 @@ def test_compose_grid_columns_defaults_and_errors():
     assert compose_grid([("x", np.zeros((400, 1, 3), np.uint8))], tile_side=20).shape == (20 + 28 + 6, 1 + 6 + 6, 3)
     with pytest.raises(ValueError, match="^no tiles to compose$"):
         compose_grid([])
+
+
+def test_colour_bar_runs_the_colormap_from_0_to_1_and_goes_under_the_tile():
+    """Issue 9 item 9: tiles and the grid PNG carry a colour bar."""
+    from cam_core.render import colorbar, with_colorbar
+
+    bar = colorbar("jet", 300, "minmax")
+    ends = colorize(np.array([[0.0, 1.0]], np.float32), "jet")[0]
+    assert (bar[0, 0] == ends[0]).all() and (bar[0, -1] == ends[1]).all()
+    assert (bar[-12:] < 128).any()  # the line under it says what 0 and 1 mean
+    tile = np.zeros((50, 300, 3), np.uint8)
+    shown = with_colorbar(tile, "jet", "max")
+    assert shown.shape[1] == 300 and shown.shape[0] > 50 and (shown[:50] == tile).all()
+
+
+def test_grid_sheet_has_the_settings_above_and_one_colour_bar_below():
+    t = np.full((10, 20, 3), 255, np.uint8)
+    plain = compose_grid([("x", t)] * 2, columns=2, tile_side=20)
+    sheet = compose_grid([("x", t)] * 2, columns=2, tile_side=20, title="cat.png · lite0 · minmax", cmap="jet")
+    assert sheet.shape[1] == plain.shape[1] and sheet.shape[0] > plain.shape[0] + 22
+    assert (sheet[:22] < 128).any() and not (plain[:4] < 250).any()  # the title's text at the top
+    ends = colorize(np.array([[0.0]], np.float32), "jet")[0, 0]
+    assert (sheet[-30:] == ends).all(axis=-1).any()  # the bar's first colour near the bottom

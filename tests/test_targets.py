@@ -50,3 +50,12 @@ def test_resolve_targets_refuses_what_is_not_a_class_id():
             resolve_targets(bad, probs, _BB)  # True used to explain class 1
     with pytest.raises(TargetError, match="integer id"):
         resolve_targets(object(), probs, _BB)
+
+
+def test_search_ranks_whole_words_before_word_prefixes_before_substrings():
+    """Issue 9 item 13: "cat" listed bullfrog (Rana catesbeiana) and oystercatcher before tabby."""
+    names = _BB.class_names
+    found = search_classes("cat", names)
+    pos = {names[i].split(",")[0]: n for n, i in enumerate(found)}
+    assert max(pos["tabby"], pos["tiger cat"], pos["Egyptian cat"]) < min(pos["bullfrog"], pos["oystercatcher"])
+    assert pos["bullfrog"] < pos["oystercatcher"]  # a word prefix before a substring

@@ -219,13 +219,23 @@ class Backbone:
         return int(self._head().weight.shape[1])
 
     @property
+    def linear_head_refusal(self) -> str | None:
+        """Why single feature vectors cannot be scored by the classifier (a clause), or None."""
+        try:
+            head = self._head()
+        except BackboneError as exc:
+            return str(exc)
+        if head.conv is not None:
+            return (f"its classifier is a {head.conv.kernel_size} convolution, not a linear layer, so single "
+                    "feature vectors cannot be scored")
+        return None
+
+    @property
     def linear_weight(self) -> torch.Tensor:
         """K x C: the class centres. Methods that score single feature vectors (LPCAM) need it."""
-        head = self._head()
-        if head.conv is not None:
-            raise BackboneError(f"{self.name}: its classifier is a {head.conv.kernel_size} convolution, not a "
-                                "linear layer, so single feature vectors cannot be scored")
-        return head.weight
+        if (reason := self.linear_head_refusal) is not None:
+            raise BackboneError(f"{self.name}: {reason}")
+        return self._head().weight
 
     @property
     def linear_bias(self) -> torch.Tensor | None:

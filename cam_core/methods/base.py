@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the engine imports this module; the type is only needed for
 # What a method may need beyond the cached forward pass.
 NEEDS_GRADIENT = "gradient"  # d logit / d activations, one per target class, shared
 NEEDS_HEAD = "head"  # the classifier applied to the head-input features (CAM)
+NEEDS_LINEAR_HEAD = "linear_head"  # the classifier as one linear map of a single feature vector (LPCAM)
 NEEDS_FORWARDS = "extra_forwards"  # more forward passes (Score-CAM): slow, shows progress
 NEEDS_ATTENTION = "attention"
 NEEDS_BANK = "bank"
@@ -134,6 +135,8 @@ class MethodSpec:
             return f"{self.label} does not apply to {backbone.name}: {backbone.head_refusal}"
         if NEEDS_HEAD in self.needs and not backbone.has_head_split:
             return f"{self.label} does not apply to {backbone.name}: it has no forward_features/forward_head split"
+        if NEEDS_LINEAR_HEAD in self.needs and (reason := backbone.linear_head_refusal) is not None:
+            return f"{self.label} does not apply to {backbone.name}: {reason}"
         if NEEDS_ATTENTION in self.needs and not backbone.attention_layers:
             return (f"{self.label} does not apply to {backbone.name}: it reads each block's softmax attention over "
                     "the class and patch tokens, which this model does not have")

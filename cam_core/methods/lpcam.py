@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..prototypes import image_bank, lpcam_map
-from .base import NEEDS_BANK, NEEDS_HEAD, MethodContext, MethodOutput, MethodSpec, Param, register
+from .base import NEEDS_BANK, NEEDS_HEAD, NEEDS_LINEAR_HEAD, MethodContext, MethodOutput, MethodSpec, Param, register
 
 SCALES = (1.0, 0.5, 1.5, 2.0)  # the official inference scales, each with its mirror image
 # The rank rule's lower bound for context prototypes (this project's variant of mu_low).
@@ -58,7 +58,7 @@ register(MethodSpec(
     "lpcam", "LPCAM", lpcam,
     "Cosine similarity to the class's local prototypes (K-means centres of its foreground pixel "
     "features chosen by the classifier) minus that to its context prototypes.",
-    frozenset({NEEDS_HEAD, NEEDS_BANK}),
+    frozenset({NEEDS_HEAD, NEEDS_LINEAR_HEAD, NEEDS_BANK}),
     (
         Param("k", 12, "K of K-means, for the foreground and the context features (12 on VOC).", 1, 64, 1),
         Param("tau", 0.1, "Pixels with normalised CAM > tau are foreground (0.1 on VOC).", 0.0, 0.95, 0.01),

@@ -19,6 +19,13 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise BackboneError(f"checkpoint {path} does not exist")
+    if path.suffix != ".safetensors":
+        with path.open("rb") as f:
+            head = f.read(2)
+        # torch.save writes a zip archive ("PK"); older torch a pickle (protocol byte 0x80).
+        if head != b"PK" and head[:1] != b"\x80":
+            raise BackboneError(f"{path.name} is not a checkpoint: expected a .safetensors file or a .pth/.pt "
+                                "file saved by torch.save")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -1,5 +1,7 @@
 """What every page shares: cached backbones/explainers, image decoding, the sidebar.
 
+Outside pages/ so that Streamlit never offers it as a page. app.py draws the sidebar on every
+run and hands its Selection to the page it runs (run_page / page_selection).
 Streamlit-side only; every computation is a cam_core call.
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import runpy
 import threading
 import weakref
 from collections.abc import Callable
@@ -33,9 +36,19 @@ from cam_core import (
     load_backbone,
 )
 from cam_core.backbones import available_devices, device_label
+from cam_core.engine import INPUT_SIZES, MAX_INPUT_SIDE, InputSizeError, resolve_input_size
 from cam_core.images import MAX_PIXELS, WORKING_MAX_SIDE, load_working_image, resolve_under
 from cam_core.lru import ByteLRU
-from cam_core.render import compose_grid, downscale_for_display, npy_bytes, png_bytes, render_tile, to_image_map
+from cam_core.samples import SampleTruth, sample_truths
+from cam_core.render import (
+    compose_grid,
+    downscale_for_display,
+    npy_bytes,
+    png_bytes,
+    render_tile,
+    to_image_map,
+    with_colorbar,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "assets" / "samples"
@@ -66,10 +79,26 @@ def get_explainer(
 ) -> Explainer:
     # cache_resource: one model per (backbone, device) shared by every browser session;
     # the Explainer serialises computations with its own lock.
+    # Not warmed up here: the first page's tiles come first (warm_up_once, after they are shown).
     backbone = load_backbone(name, device, checkpoint=checkpoint, num_classes=num_classes, class_names=class_names)
-    explainer = Explainer(backbone)
-    explainer.warm_up()  # so the times shown on the tiles are steady-state times
-    return explainer
+    return Explainer(backbone)
+
+
+_WARMED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Explainer -> the methods warmed up
+_WARM_LOCK = threading.Lock()
+
+
+def warm_up_once(explainer: Explainer, methods: list[str]) -> None:
+    """Called by a page after its tiles are on the screen: warm up (Explainer.warm_up) the
+    methods it shows that this explainer has not warmed up yet, so that the times on later
+    tiles are steady-state times. Warming every method before the first page (as before)
+    made the first tiles wait for all of them (8.9 s to the first tiles, issue 9 item 17)."""
+    with _WARM_LOCK:
+        done = _WARMED.setdefault(explainer, set())
+        todo = [m for m in methods if m not in done]
+        if todo:
+            explainer.warm_up(todo)
+            done.update(todo)
 
 
 # Decoded images, shared by every session, bounded by their bytes: each is at most
@@ -134,6 +163,11 @@ def thumbnail(path: str, side: int = 96) -> np.ndarray:
     return downscale_for_display(load_working_image(path).rgb, side)[0]
 
 
+@st.cache_data(show_spinner=False)
+def truths() -> dict[str, SampleTruth]:
+    return sample_truths(SAMPLES)
+
+
 def sample_names() -> list[str]:
     return sorted(p.name for p in SAMPLES.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
@@ -143,6 +177,8 @@ class Selection:
     image: LoadedImage
     explainer: Explainer
     device: str
+    input_size: str = "default"  # cam_core.engine.INPUT_SIZES: what every method and page feeds the model
+    truth: SampleTruth | None = None  # what the photo shows, when it is a bundled sample
 
     @property
     def backbone(self):
@@ -166,6 +202,9 @@ def _browse_samples(names: list[str]) -> None:
         with cols[i % 6]:
             st.image(thumbnail(str(SAMPLES / n)), width="stretch")
             st.button(Path(n).stem, key=f"thumb_{n}", on_click=_use_sample, args=(n,), width="stretch")
+            if (truth := truths().get(n)) is not None:
+                said = truth.classes or "ImageNet" in truth.shows
+                st.caption(truth.shows + ("" if said else " · no ImageNet class"))
 
 
 def _session_image(key: tuple, load: Callable[[], LoadedImage]) -> LoadedImage:
@@ -220,10 +259,14 @@ def _image_sidebar() -> LoadedImage | None:
 def _backbone_sidebar(device: str) -> Explainer | None:
     offline = list(BACKBONES)
     choices = offline + EXTRA_BACKBONES + [HUB, CHECKPOINT]
-    labels = {n: BACKBONES[n].description for n in offline}
-    labels.update({"random:resnet18": "ResNet-18, random weights (no download)",
-                   "random:deit_tiny_patch16_224": "DeiT-Tiny ViT, random weights (no download)"})
-    choice = st.selectbox("Backbone", choices, key="backbone_choice", format_func=lambda n: labels.get(n, n))
+    descriptions = {n: BACKBONES[n].description for n in offline}
+    descriptions.update({"random:resnet18": "ResNet-18, random weights (no download)",
+                         "random:deit_tiny_patch16_224": "DeiT-Tiny ViT, random weights (no download)"})
+    # The name itself in the box (a description there was cut off at the sidebar's width); the
+    # description, wrapped, under it.
+    choice = st.selectbox("Backbone", choices, key="backbone_choice")
+    if choice in descriptions:
+        st.caption(descriptions[choice])
     kwargs: dict = {}
     name = choice
     if choice == HUB:
@@ -254,9 +297,33 @@ def _backbone_sidebar(device: str) -> Explainer | None:
     return explainer
 
 
+def _input_size_sidebar(bb, image: LoadedImage) -> str:
+    """The input size fed to the model (INPUT_SIZES), offered as far as this backbone takes
+    it: a ViT built for one size keeps it (the control is disabled, saying why)."""
+    h0, w0 = bb.input_size
+    labels = {"default": f"{h0} × {w0} (the model's)", "2x": f"2x: {2 * h0} × {2 * w0}",
+              "3x": f"3x: {3 * h0} × {3 * w0}",
+              "image": f"the image's own size (longer side ≤ {MAX_INPUT_SIDE})"}
+    if bb.fixed_input_size:
+        st.selectbox("Input size", ["default"], format_func=labels.__getitem__, disabled=True, key="input_size_fixed",
+                     help=f"{bb.name} takes {h0} × {w0} inputs only: a ViT built for one input size.")
+        return "default"
+    choice = st.selectbox("Input size", INPUT_SIZES, key="input_size", format_func=labels.__getitem__,
+                          help="What the image is resized to before the model. Larger inputs give finer maps "
+                               "(a CNN's last stage has stride 32: 224 px -> 7 × 7, 448 px -> 14 × 14) and take "
+                               "longer.")
+    try:
+        size = resolve_input_size(choice, image.size, bb)
+    except InputSizeError as exc:
+        st.error(str(exc))
+        return "default"
+    st.caption(f"fed to the model at {size[0]} × {size[1]}")
+    return choice
+
+
 SIDEBAR_DEFAULTS = {"image_source": "Sample", "sample": DEFAULT_SAMPLE, "hub_name": "resnet50", "ckpt_arch": "resnet18"}
 SIDEBAR_KEYS = ("image_source", "sample", "image_path", "device", "backbone_choice", "hub_name", "ckpt_arch",
-                "ckpt_path", "ckpt_names")
+                "ckpt_path", "ckpt_names", "input_size")
 # Each page's own controls, kept while the user is on the other page.
 PAGE_KEYS = ("class_query", "class_pick", "topk", "methods", "cmap", "opacity", "norm", "threshold", "per_row",
              "show_raw", "fs_bank_name", "fs_folder", "fs_cap", "fs_colour", "fs_embed", "fs_perplexity",
@@ -323,24 +390,9 @@ def keep_download_callables(mgr=None) -> bool:
     return True
 
 
-def _leave_old_multipage_mode() -> None:
-    """Until app.py has called st.navigation once in this server process, Streamlit treats a
-    pages/ folder the old way: a first URL like /feature_space runs that file directly, with
-    every file of pages/ in the menu. Switch that mode off and rerun through app.py (this
-    touches a Streamlit internal; if it is gone, nothing happens)."""
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:
-        return
-    if getattr(PagesManager, "uses_pages_directory", False):
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def sidebar() -> Selection:
     """The shared sidebar: image, backbone, device. Keeps the last good image/backbone when
-    a new choice fails, so an error never blanks the app."""
-    _leave_old_multipage_mode()
+    a new choice fails, so an error never blanks the app. Drawn by app.py on every run."""
     keep_download_callables()
     for key, value in SIDEBAR_DEFAULTS.items():
         st.session_state.setdefault(key, value)
@@ -367,11 +419,41 @@ def sidebar() -> Selection:
         if explainer is not None:
             st.session_state["last_explainer"] = explainer
         explainer = st.session_state.get("last_explainer") or get_explainer(DEFAULT_BACKBONE, "cpu")
+        input_size = _input_size_sidebar(explainer.backbone, image)
         with st.expander("Diagnostics"):
             st.caption(f"torch {torch.__version__} · {device_label(explainer.backbone.device)}")
             st.json(dict(explainer.stats), expanded=False)
-    selection = Selection(image=image, explainer=explainer, device=str(explainer.backbone.device))
+    shown_sample = st.session_state.get("image_source") == "Sample" and image.name == st.session_state.get("sample")
+    selection = Selection(image=image, explainer=explainer, device=str(explainer.backbone.device),
+                          input_size=input_size, truth=truths().get(image.name) if shown_sample else None)
     st.session_state["selection"] = selection  # lets page tests read the live Explainer's stats
+    return selection
+
+
+_RUN = threading.local()  # the Selection of the run in progress on this script thread
+
+
+def run_page(page, selection: Selection) -> None:
+    """app.py: run the page st.navigation chose, with this run's sidebar selection."""
+    _RUN.selection = selection
+    try:
+        page.run()
+    finally:
+        _RUN.selection = None
+
+
+def page_selection() -> Selection:
+    """What a page script starts from: the sidebar app.py drew in this run.
+
+    Missing when Streamlit ran the page's file itself, without app.py: in the old
+    pages/-folder mode that Streamlit keeps until app.py has called st.navigation once in
+    the process (a fresh server's first request for a page URL such as /feature_space; and
+    every AppTest run, which resets that mode). Then this run becomes app.py's run, for
+    the same URL: its st.navigation ends that mode and runs this page with a selection."""
+    selection = getattr(_RUN, "selection", None)
+    if selection is None:
+        runpy.run_path(str(ROOT / "app.py"), run_name="__main__")
+        st.stop()
     return selection
 
 
@@ -399,7 +481,8 @@ def tile_png(image: LoadedImage, m: torch.Tensor, norm: str, opacity: float, cma
 
     def make() -> bytes:
         im = get()
-        return png_bytes(render_tile(im.rgb, to_image_map(m, im.size, norm), opacity, cmap, threshold))
+        tile = render_tile(im.rgb, to_image_map(m, im.size, norm), opacity, cmap, threshold)
+        return png_bytes(with_colorbar(tile, cmap, norm))
 
     return make
 
@@ -414,9 +497,46 @@ def tile_npy(image: LoadedImage, m: torch.Tensor, norm: str) -> Callable[[], byt
     return make
 
 
-def grid_png(tiles: list[tuple[str, np.ndarray]], columns: int) -> Callable[[], bytes]:
-    """As tile_png: the sheet of these (caption, tile) pairs, made when clicked."""
-    return lambda: png_bytes(compose_grid(tiles, columns=columns))
+def grid_png(tiles: list[tuple[str, np.ndarray]], columns: int, title: str, cmap: str,
+             norm: str) -> Callable[[], bytes]:
+    """As tile_png: the sheet of these (caption, tile) pairs in this order, the settings
+    (`title`) above them and one colour bar under them, made when clicked."""
+    return lambda: png_bytes(compose_grid(tiles, columns=columns, title=title, cmap=cmap, norm=norm))
+
+
+MAX_SHOWN_HEIGHT = 420  # px: a tall image (200 x 1200) or its tiles must leave the controls on screen
+
+
+def shown_width(arr: np.ndarray) -> int | str:
+    """st.image's width for an image array: the column's width, unless that would draw it
+    taller than wide; then the width at which it is MAX_SHOWN_HEIGHT px high (Streamlit never
+    draws an image wider than its column, so its height stays within the cap)."""
+    h, w = arr.shape[:2]
+    return "stretch" if h <= w else max(16, round(MAX_SHOWN_HEIGHT * w / h))
+
+
+def working_indicator():
+    """Shown at the top of the sidebar while a run is in progress (app.py empties it when the
+    run ends): the toolbar setting hides Streamlit's own running indicator. Its Stop button
+    interrupts the run (any click does) and stops the slow methods of the next one
+    (stop_all_requested)."""
+    box = st.sidebar.empty()
+    with box.container(horizontal=True, vertical_alignment="center"):
+        st.markdown(":material/progress_activity: **Working…**")
+        st.button("Stop", key="stop_all", icon=":material/stop_circle:",
+                  help="Stop what the page is computing: slow methods stay stopped until you click their Run it.")
+    return box
+
+
+def stop_all_requested() -> bool:
+    """The Stop of the running indicator was clicked: this run starts no slow method."""
+    return bool(st.session_state.get("stop_all"))
+
+
+def explain_class(index: int) -> None:
+    """A top-5 button or "Explain this class": that class alone, also from the top-k view."""
+    st.session_state["target"] = index
+    st.session_state["topk"] = 1
 
 
 def drop_stale_choice(key: str, options) -> None:
