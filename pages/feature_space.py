@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from cam_core import BankError, Cancelled, PrototypeBank, build_bank, folder_items
+from cam_core import BankError, Cancelled, Explainer, LoadedImage, PrototypeBank, build_bank, folder_items
 from cam_core.featurespace import (
     BANK_BG,
     BANK_FG,
@@ -21,6 +22,8 @@ from cam_core.featurespace import (
     PIXEL,
     PROTOTYPE_KINDS,
     SIPE_PROTO,
+    Embedding,
+    PointCloud,
     base_cloud,
     embed,
     prototype_cloud,
@@ -46,24 +49,6 @@ MARKERS = {PIXEL: "circle", BANK_FG: "circle-open", BANK_BG: "x-thin-open", CENT
 KIND_COLOURS = {BANK_FG: "#e377c2", BANK_BG: "#7f7f7f", CENTRE: "#d62728", LP_CLASS: "#2ca02c",
                 LP_CONTEXT: "#9467bd", SIPE_PROTO: "#ff7f0e"}
 
-st.session_state["fs_page_runs"] = st.session_state.get("fs_page_runs", 0) + 1
-sel = sidebar()
-ex, image, bb = sel.explainer, sel.image, sel.backbone
-st.title("Feature space")
-st.caption("Where the class centre (the classifier's row) sits among the pixel features, and how "
-           "LPCAM's prototypes and SIPE's seeds cover the rest of the object.")
-if (reason := get_method("cam").refusal(bb)) is not None:  # no class centres to place (issue 13)
-    st.info(f"{reason}. This page places pixel features around the classifier's class centres; the Compare "
-            "page offers the methods that apply to this backbone.")
-    st.stop()
-preds = ex.predict(image, 5)
-drop_stale_choice("fs_target", [p.index for p in preds])
-# format_funcs: a dict's __getitem__, not lambdas of this script (see pages/compare.py: Streamlit keeps every
-# widget's format_func, and a lambda here would keep this run's image and forward pass alive).
-target = st.selectbox("Class", [p.index for p in preds], key="fs_target",
-                      format_func={p.index: f"{bb.short_name(p.index)} ({p.index}) · {p.probability:.1%}"
-                                   for p in preds}.__getitem__)
-
 
 # ----- where LPCAM's class features come from ----------------------------------------------
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -75,16 +60,17 @@ def _last_bank_file():
     return bank_dir() / "last.json"
 
 
-def _remember_bank(name: str) -> None:
+def _remember_bank(backbone_name: str, name: str) -> None:
     last = {}
     if _last_bank_file().exists():
         last = json.loads(_last_bank_file().read_text() or "{}")
-    last[bb.name] = name
+    last[backbone_name] = name
     bank_dir().mkdir(parents=True, exist_ok=True)
     _last_bank_file().write_text(json.dumps(last))
 
 
-def bank_panel() -> PrototypeBank | None:
+def bank_panel(ex: Explainer, target: int) -> PrototypeBank | None:
+    bb = ex.backbone
     saved = {p.name: p for p, _ in saved_banks(bank_dir(), bb.name)}
     options = [THIS_IMAGE, *saved, BUILD]
     last = json.loads(_last_bank_file().read_text() or "{}").get(bb.name) if _last_bank_file().exists() else None
@@ -100,27 +86,7 @@ def bank_panel() -> PrototypeBank | None:
         choice = st.selectbox("Bank", options, key=widget_key,
                               help=f"Saved banks of {bb.name} in {bank_dir()}; they are there again on the next start.")
         if choice == BUILD:
-            folder = st.text_input("Folder (ImageFolder layout: class = subfolder; or flat: labelled by the "
-                                   "model's top-1), under " + ", ".join(str(d) for d in allowed_image_dirs()),
-                                   str(allowed_image_dirs()[0]), key="fs_folder")
-            name = st.text_input("Bank name", "samples", key="fs_bank_name")
-            st.button("Build and save", key="fs_build", on_click=st.session_state.__setitem__,
-                      args=("fs_build_requested", True))
-            if st.session_state.pop("fs_build_requested", False):
-                try:
-                    scan = folder_items(resolve_under(folder, allowed_image_dirs()), bb.class_names)
-                    bar = st.progress(0.0, text="reading images…")
-                    st.button("Stop", key="fs_build_stop")  # clicking it interrupts this run
-                    report = build_bank(ex, scan.items, name=name,
-                                        progress=lambda d, t: bar.progress(d / t, text=f"{d}/{t} images"))
-                    path = report.bank.save(bank_dir() / f"{name}.safetensors")
-                    st.session_state["fs_bank_notes"] = [f"skipped {line}" for line in report.skipped] + \
-                        [f"ignored {line}" for line in scan.ignored]
-                    _remember_bank(path.name)
-                    st.session_state["fs_bank_pending"] = path.name
-                    st.rerun()
-                except (ImageError, BankError, Cancelled) as exc:
-                    st.error(str(exc))
+            _build_bank_form(ex)
             return None
         if choice != THIS_IMAGE:
             path = saved[choice]
@@ -131,19 +97,40 @@ def bank_panel() -> PrototypeBank | None:
                 st.error(str(exc))
                 return None
             if last != choice:
-                _remember_bank(choice)
+                _remember_bank(bb.name, choice)
             st.caption(bank.describe())
             if target not in bank.classes:
                 st.info(f"This bank has no images of {bb.short_name(target)}: LPCAM uses the image's own pixels.")
             return bank
         if last not in (None, THIS_IMAGE):
-            _remember_bank(THIS_IMAGE)
+            _remember_bank(bb.name, THIS_IMAGE)
         st.caption("LPCAM clusters this image's own pixels (source (a) of the paper's recipe).")
     return None
 
 
-bank = bank_panel()
-st.session_state["lpcam_bank"] = bank  # the Compare page's LPCAM uses it too
+def _build_bank_form(ex: Explainer) -> None:
+    folder = st.text_input("Folder (ImageFolder layout: class = subfolder; or flat: labelled by the "
+                           "model's top-1), under " + ", ".join(str(d) for d in allowed_image_dirs()),
+                           str(allowed_image_dirs()[0]), key="fs_folder")
+    name = st.text_input("Bank name", "samples", key="fs_bank_name")
+    st.button("Build and save", key="fs_build", on_click=st.session_state.__setitem__,
+              args=("fs_build_requested", True))
+    if not st.session_state.pop("fs_build_requested", False):
+        return
+    try:
+        scan = folder_items(resolve_under(folder, allowed_image_dirs()), ex.backbone.class_names)
+        bar = st.progress(0.0, text="reading images…")
+        st.button("Stop", key="fs_build_stop")  # clicking it interrupts this run
+        report = build_bank(ex, scan.items, name=name,
+                            progress=lambda d, t: bar.progress(d / t, text=f"{d}/{t} images"))
+        path = report.bank.save(bank_dir() / f"{name}.safetensors")
+        st.session_state["fs_bank_notes"] = [f"skipped {line}" for line in report.skipped] + \
+            [f"ignored {line}" for line in scan.ignored]
+        _remember_bank(ex.backbone.name, path.name)
+        st.session_state["fs_bank_pending"] = path.name
+        st.rerun()
+    except (ImageError, BankError, Cancelled) as exc:
+        st.error(str(exc))
 
 
 @st.cache_resource(show_spinner=False)
@@ -152,7 +139,7 @@ def embedding_store() -> OrderedDict:
     return OrderedDict()
 
 
-def get_embedding(cloud, method, perplexity):
+def get_embedding(cloud: PointCloud, method: str, perplexity: float) -> Embedding:
     store = embedding_store()
     key = (cloud.key, method, perplexity)
     if key not in store:
@@ -176,13 +163,61 @@ def timed(fn):
 # Inside it: widgets first, then every computation, then the images and the plot. Images sent
 # early make the server thread and the browser busy (GIL and CPU) while the maps compute:
 # measured 10-20x slower K-means and drawing on the 2-core machine.
-@st.fragment
-def tuning() -> None:
-    st.session_state["fs_fragment_runs"] = st.session_state.get("fs_fragment_runs", 0) + 1
-    display, _ = downscale_for_display(image.rgb, 480)
-    size = display.shape[:2]
+@dataclass
+class Controls:
+    """The fragment's widget values, and the places its outputs go above the plot."""
 
-    # 1. widgets
+    threshold: float
+    lp_params: dict
+    sp_params: dict
+    method: str
+    perplexity: int
+    scale: float
+    cap: int
+    use_bank: bool
+    colour_by: str
+    threshold_caption: object  # st.empty() under the threshold slider
+    lp_out: object  # LPCAM's column
+    sp_out: object  # SIPE's column
+
+
+@dataclass
+class Computed:
+    """Everything the fragment draws, computed before any of it is sent."""
+
+    display: np.ndarray
+    lp: object  # CamResult or None (then lp_err says why)
+    lp_ms: float
+    lp_err: str | None
+    sp: object
+    sp_ms: float
+    sp_err: str | None
+    tiles: dict
+    render_ms: float
+    fwd: object
+    cloud: PointCloud
+    emb: Embedding
+    protos: PointCloud
+    coords: np.ndarray
+    kinds: list
+    labels: list
+    values: list
+    categorical: bool
+
+
+@st.fragment
+def tuning(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: PrototypeBank | None) -> None:
+    st.session_state["fs_fragment_runs"] = st.session_state.get("fs_fragment_runs", 0) + 1
+    controls = _controls(ex.backbone, bank)
+    try:
+        out = _compute(ex, image, preds, target, bank, controls)
+    except (Cancelled, ValueError) as exc:  # the embedding: t-SNE stopped, or too few points
+        st.error(str(exc))
+        return
+    _render(ex, image, preds, target, controls, out)
+
+
+def _controls(bb, bank: PrototypeBank | None) -> Controls:
     threshold = st.slider("Display threshold (contour and box; 0 = off)", 0.0, 1.0, 0.0, 0.05, key="fs_threshold")
     threshold_caption = st.empty()
     left, right = st.columns(2)
@@ -213,110 +248,134 @@ def tuning() -> None:
     use_bank = e3.toggle("Bank pixels too", value=bank is not None, key="fs_use_bank", disabled=bank is None)
     colour_by = e4.selectbox("Colour pixels by", ["CAM", "LPCAM", "Grad-CAM", "SIPE IS-CAM", "SIPE seed",
                                                    "K-means cluster (LPCAM)"], key="fs_colour")
+    return Controls(threshold, lp_params, sp_params, method, perplexity, scale, int(cap), use_bank, colour_by,
+                    threshold_caption, lp_out, sp_out)
 
-    # 2. computations (all cached by the explainer or the embedding store)
+
+def _compute(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: PrototypeBank | None,
+             c: Controls) -> Computed:
+    """Every map, the point clouds and their embedding (all cached by the explainer or the
+    embedding store). Raises Cancelled or ValueError when the embedding cannot be made."""
+    display, _ = downscale_for_display(image.rgb, 480)
+    size = display.shape[:2]
     lp = sp = None
+    lp_ms = sp_ms = 0.0
     lp_err = sp_err = None
     try:
-        lp, lp_ms = timed(lambda: ex.compute(image, "lpcam", target, params=lp_params, bank=bank))
+        lp, lp_ms = timed(lambda: ex.compute(image, "lpcam", target, params=c.lp_params, bank=bank))
     except USER_ERRORS as exc:
         lp_err = str(exc)
     try:
-        sp, sp_ms = timed(lambda: ex.compute(image, "sipe", target, params=sp_params))
+        sp, sp_ms = timed(lambda: ex.compute(image, "sipe", target, params=c.sp_params))
     except USER_ERRORS as exc:
         sp_err = str(exc)
     cam = ex.compute(image, "cam", target)
     t0 = time.perf_counter()
-    tiles = {"CAM": render_tile(display, to_image_map(cam.map, size, "max"), 0.5, "jet", threshold)}
+    tiles = {"CAM": render_tile(display, to_image_map(cam.map, size, "max"), 0.5, "jet", c.threshold)}
     if lp is not None:
-        tiles["LPCAM"] = render_tile(display, to_image_map(lp.map, size, "max"), 0.5, "jet", threshold)
+        tiles["LPCAM"] = render_tile(display, to_image_map(lp.map, size, "max"), 0.5, "jet", c.threshold)
     if sp is not None:
-        tiles["IS-CAM"] = render_tile(display, to_image_map(sp.map, size, "max"), 0.5, "jet", threshold)
+        tiles["IS-CAM"] = render_tile(display, to_image_map(sp.map, size, "max"), 0.5, "jet", c.threshold)
     render_ms = (time.perf_counter() - t0) * 1000
     fwd = ex.forward(image)
-    cloud = base_cloud(fwd, [p.index for p in preds], scale, bank if use_bank else None, target,
-                       lp_params["tau"], int(cap))
-    try:
-        emb = get_embedding(cloud, method, perplexity)
-    except (Cancelled, ValueError) as exc:
-        st.error(str(exc))
-        return
+    cloud = base_cloud(fwd, [p.index for p in preds], c.scale, bank if c.use_bank else None, target,
+                       c.lp_params["tau"], c.cap)
+    emb = get_embedding(cloud, c.method, c.perplexity)
     protos = prototype_cloud(lp, sp, fwd)
     placed = emb.place(protos.vectors)
     coords = np.concatenate([emb.coords, placed]) if len(placed) else emb.coords
-    kinds = cloud.kinds + protos.kinds
-    labels = cloud.labels + protos.labels
-    h, w = cloud.grid
-    values, categorical = _pixel_colours(colour_by, cloud, fwd, lp, sp, target, (h, w))
+    values, categorical = _pixel_colours(ex, image, c.colour_by, cloud, lp, sp, target)
+    return Computed(display, lp, lp_ms, lp_err, sp, sp_ms, sp_err, tiles, render_ms, fwd, cloud, emb, protos,
+                    coords, cloud.kinds + protos.kinds, cloud.labels + protos.labels, values, categorical)
 
-    # 3. output
-    threshold_caption.caption(f"Threshold: drawing the tiles took {render_ms:.1f} ms")
-    with lp_out:
-        if lp is None:
-            st.error(lp_err)
-        else:
-            sel_ = lp.extras["selection"]
-            st.caption(f"LPCAM: {lp.ms:.0f} ms to compute (K-means of it: {sel_.kmeans_ms:.0f} ms, only "
-                       f"when K or tau change); this run {lp_ms:.0f} ms · {sel_.n_fg} foreground / {sel_.n_bg} "
-                       f"context pixels · {lp.note}")
-            c1, c2 = st.columns(2)
-            c1.image(tiles["CAM"], caption="CAM", width="stretch")
-            c2.image(tiles["LPCAM"], caption="LPCAM", width="stretch")
-            with st.expander("Clusters and what the classifier says of them"):
-                st.dataframe(_cluster_rows(sel_), hide_index=True, width="stretch")
-    with sp_out:
-        if sp is None:
-            st.error(sp_err)
-        else:
-            seeds = sp.extras["seeds"].cpu().numpy()
-            names = ["background"] + [bb.short_name(c) for c in sp.extras["labels"][1:]]
-            share = ", ".join(f"{n}: {(seeds == j).mean():.0%}" for j, n in enumerate(names))
-            st.caption(f"SIPE: {sp.ms:.0f} ms to compute; this run {sp_ms:.0f} ms · seeds {share}")
-            c1, c2 = st.columns(2)
-            c1.image(label_overlay(display, resize_nearest(seeds, size)), width="stretch",
-                     caption="seeds (tinted: the image's classes; clear: background)")
-            c2.image(tiles["IS-CAM"], caption="IS-CAM", width="stretch")
 
-    fig = _figure(coords, kinds, labels, cloud, values, categorical, colour_by)
-    fig.update_layout(title_y=0.97, title=f"{method.upper()} of {len(cloud)} points (+{len(protos)} prototypes placed) · "
-                      f"computed in {emb.seconds:.1f} s, cached")
+def _render(ex: Explainer, image: LoadedImage, preds: list, target: int, c: Controls, out: Computed) -> None:
+    c.threshold_caption.caption(f"Threshold: drawing the tiles took {out.render_ms:.1f} ms")
+    with c.lp_out:
+        _lpcam_panel(out)
+    with c.sp_out:
+        _sipe_panel(ex.backbone, out)
+    fig = _figure(out.coords, out.kinds, out.labels, out.cloud, out.values, out.categorical, c.colour_by, image.size)
+    fig.update_layout(title_y=0.97, title=f"{c.method.upper()} of {len(out.cloud)} points (+{len(out.protos)} "
+                      f"prototypes placed) · computed in {out.emb.seconds:.1f} s, cached")
     plot_col, view_col = st.columns([3, 2])
     with plot_col:
         event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="fs_plot",
                                 width="stretch")
-    chosen = _selected_indices(event)
+    with view_col:
+        _selection_view(out, preds, target, c.scale, c.threshold, _selected_indices(event))
+    with st.expander("Diagnostics"):
+        st.caption(f"page runs: {st.session_state['fs_page_runs']} · fragment runs: "
+                   f"{st.session_state['fs_fragment_runs']} · explainer: {dict(ex.stats)}")
+
+
+def _lpcam_panel(out: Computed) -> None:
+    if out.lp is None:
+        st.error(out.lp_err)
+        return
+    lp = out.lp
+    sel_ = lp.extras["selection"]
+    st.caption(f"LPCAM: {lp.ms:.0f} ms to compute (K-means of it: {sel_.kmeans_ms:.0f} ms, only "
+               f"when K or tau change); this run {out.lp_ms:.0f} ms · {sel_.n_fg} foreground / {sel_.n_bg} "
+               f"context pixels · {lp.note}")
+    c1, c2 = st.columns(2)
+    c1.image(out.tiles["CAM"], caption="CAM", width="stretch")
+    c2.image(out.tiles["LPCAM"], caption="LPCAM", width="stretch")
+    with st.expander("Clusters and what the classifier says of them"):
+        st.dataframe(_cluster_rows(sel_), hide_index=True, width="stretch")
+
+
+def _sipe_panel(bb, out: Computed) -> None:
+    if out.sp is None:
+        st.error(out.sp_err)
+        return
+    sp = out.sp
+    size = out.display.shape[:2]
+    seeds = sp.extras["seeds"].cpu().numpy()
+    names = ["background"] + [bb.short_name(c) for c in sp.extras["labels"][1:]]
+    share = ", ".join(f"{n}: {(seeds == j).mean():.0%}" for j, n in enumerate(names))
+    st.caption(f"SIPE: {sp.ms:.0f} ms to compute; this run {out.sp_ms:.0f} ms · seeds {share}")
+    c1, c2 = st.columns(2)
+    c1.image(label_overlay(out.display, resize_nearest(seeds, size)), width="stretch",
+             caption="seeds (tinted: the image's classes; clear: background)")
+    c2.image(out.tiles["IS-CAM"], caption="IS-CAM", width="stretch")
+
+
+def _selection_view(out: Computed, preds: list, target: int, scale: float, threshold: float,
+                    chosen: list[int]) -> None:
+    """Right of the plot: where the selected pixels are, or the similarity map of a centre or
+    prototype (clicked, or picked in the list)."""
+    cloud, protos, kinds, labels, display = out.cloud, out.protos, out.kinds, out.labels, out.display
+    size = display.shape[:2]
+    h, w = cloud.grid
     # Also a list: a click on a small marker is easy to miss, and a list works by keyboard.
     pickable = [i for i, k in enumerate(kinds) if k == CENTRE or k in PROTOTYPE_KINDS]
     # base_cloud puts the centres of `preds` in their order; the target is one of them.
     centre_of_target = int(cloud.indices(CENTRE)[[p.index for p in preds].index(target)])
-    with view_col:
-        if pickable:
-            picked = st.selectbox("Similarity map of", pickable, index=pickable.index(centre_of_target),
-                                  format_func={i: labels[i] for i in pickable}.__getitem__,
-                                  key=f"fs_sim_{cloud.key}_{protos.key}",
-                                  help="Or click a centre or prototype in the plot; select pixels to locate them.")
-        sel_pixels = [i for i in chosen if kinds[i] == PIXEL]
-        others = [i for i in chosen if kinds[i] != PIXEL]
-        if sel_pixels:
-            mask = np.zeros((h, w), bool)
-            mask[cloud.rows[sel_pixels], cloud.cols[sel_pixels]] = True
-            st.image(highlight(display, resize_nearest(mask, size)), width="stretch",
-                     caption=f"{len(sel_pixels)} selected pixel(s) of the {h}×{w} feature grid")
-        elif others or pickable:
-            i = others[0] if others else picked
-            vec = cloud.vectors[i] if i < len(cloud) else protos.vectors[i - len(cloud)]
-            feats = fwd.head_features if scale == 1.0 else fwd.features_at(scale)
-            sim = similarity_map(vec, feats)
-            st.image(render_tile(display, to_image_map(sim, size, "minmax"), 0.55, "jet", threshold or None),
-                     width="stretch", caption=f"cosine similarity of every pixel to {labels[i]} "
-                     f"(range {float(sim.min()):.2f} … {float(sim.max()):.2f})")
-        else:
-            st.image(display, width="stretch",
-                     caption="Select pixels (lasso, box or click) to see where they are; click a centre or a "
-                     "prototype to see its similarity map.")
-    with st.expander("Diagnostics"):
-        st.caption(f"page runs: {st.session_state['fs_page_runs']} · fragment runs: "
-                   f"{st.session_state['fs_fragment_runs']} · explainer: {dict(ex.stats)}")
+    if pickable:
+        picked = st.selectbox("Similarity map of", pickable, index=pickable.index(centre_of_target),
+                              format_func={i: labels[i] for i in pickable}.__getitem__,
+                              key=f"fs_sim_{cloud.key}_{protos.key}",
+                              help="Or click a centre or prototype in the plot; select pixels to locate them.")
+    sel_pixels = [i for i in chosen if kinds[i] == PIXEL]
+    others = [i for i in chosen if kinds[i] != PIXEL]
+    if sel_pixels:
+        mask = np.zeros((h, w), bool)
+        mask[cloud.rows[sel_pixels], cloud.cols[sel_pixels]] = True
+        st.image(highlight(display, resize_nearest(mask, size)), width="stretch",
+                 caption=f"{len(sel_pixels)} selected pixel(s) of the {h}×{w} feature grid")
+    elif others or pickable:
+        i = others[0] if others else picked
+        vec = cloud.vectors[i] if i < len(cloud) else protos.vectors[i - len(cloud)]
+        feats = out.fwd.head_features if scale == 1.0 else out.fwd.features_at(scale)
+        sim = similarity_map(vec, feats)
+        st.image(render_tile(display, to_image_map(sim, size, "minmax"), 0.55, "jet", threshold or None),
+                 width="stretch", caption=f"cosine similarity of every pixel to {labels[i]} "
+                 f"(range {float(sim.min()):.2f} … {float(sim.max()):.2f})")
+    else:
+        st.image(display, width="stretch",
+                 caption="Select pixels (lasso, box or click) to see where they are; click a centre or a "
+                 "prototype to see its similarity map.")
 
 
 def _cluster_rows(sel_) -> list[dict]:
@@ -331,7 +390,9 @@ def _cluster_rows(sel_) -> list[dict]:
     return rows
 
 
-def _figure(coords, kinds, labels, cloud, values, categorical, colour_by) -> go.Figure:
+def _figure(coords, kinds, labels, cloud, values, categorical, colour_by, image_size) -> go.Figure:
+    """The scatter of every point; image_size (height, width) turns a pixel's grid cell into
+    image coordinates for its hover text."""
     h, w = cloud.grid
     fig = go.Figure()
     for kind in [PIXEL, BANK_FG, BANK_BG, CENTRE, LP_CLASS, LP_CONTEXT, SIPE_PROTO]:
@@ -341,7 +402,7 @@ def _figure(coords, kinds, labels, cloud, values, categorical, colour_by) -> go.
         xy = coords[idx]
         if kind == PIXEL:
             rr, cc = cloud.rows[idx], cloud.cols[idx]
-            hover = [f"{labels[i]}<br>image x≈{(c + .5) * image.size[1] / w:.0f}, y≈{(r + .5) * image.size[0] / h:.0f}"
+            hover = [f"{labels[i]}<br>image x≈{(c + .5) * image_size[1] / w:.0f}, y≈{(r + .5) * image_size[0] / h:.0f}"
                      f"<br>{colour_by}: {v}" for i, r, c, v in zip(idx, rr, cc, values)]
             marker = dict(size=6, symbol="circle", line=dict(width=0))
             if categorical:
@@ -382,8 +443,10 @@ def _selected_indices(event) -> list[int]:
     return out
 
 
-def _pixel_colours(colour_by, cloud, fwd, lp, sp, target, grid):
+def _pixel_colours(ex: Explainer, image: LoadedImage, colour_by: str, cloud: PointCloud, lp, sp, target: int):
     """One value per pixel point: a map value in [0, 1] or a category name."""
+    bb = ex.backbone
+    grid = cloud.grid
     idx = cloud.indices(PIXEL)
     rr, cc = cloud.rows[idx], cloud.cols[idx]
     if colour_by == "SIPE seed" and sp is not None:
@@ -406,4 +469,27 @@ def _pixel_colours(colour_by, cloud, fwd, lp, sp, target, grid):
     return [round(float(v), 3) for v in m[rr, cc]], False
 
 
-tuning()
+def main() -> None:
+    st.session_state["fs_page_runs"] = st.session_state.get("fs_page_runs", 0) + 1
+    sel = sidebar()
+    ex, image, bb = sel.explainer, sel.image, sel.backbone
+    st.title("Feature space")
+    st.caption("Where the class centre (the classifier's row) sits among the pixel features, and how "
+               "LPCAM's prototypes and SIPE's seeds cover the rest of the object.")
+    if (reason := get_method("cam").refusal(bb)) is not None:  # no class centres to place (issue 13)
+        st.info(f"{reason}. This page places pixel features around the classifier's class centres; the Compare "
+                "page offers the methods that apply to this backbone.")
+        st.stop()
+    preds = ex.predict(image, 5)
+    drop_stale_choice("fs_target", [p.index for p in preds])
+    # format_funcs: a dict's __getitem__, not lambdas of this script (see pages/compare.py: Streamlit keeps every
+    # widget's format_func, and a lambda here would keep this run's image and forward pass alive).
+    target = st.selectbox("Class", [p.index for p in preds], key="fs_target",
+                          format_func={p.index: f"{bb.short_name(p.index)} ({p.index}) · {p.probability:.1%}"
+                                       for p in preds}.__getitem__)
+    bank = bank_panel(ex, target)
+    st.session_state["lpcam_bank"] = bank  # the Compare page's LPCAM uses it too
+    tuning(ex, image, preds, target, bank)
+
+
+main()
