@@ -344,28 +344,37 @@ def _sipe_panel(bb, out: Computed) -> None:
 def _selection_view(out: Computed, preds: list, target: int, scale: float, threshold: float,
                     chosen: list[int]) -> None:
     """Right of the plot: where the selected pixels are, or the similarity map of a centre or
-    prototype (clicked, or picked in the list)."""
+    prototype (clicked in the plot, or picked in the list: the latest of the two)."""
     cloud, protos, kinds, labels, display = out.cloud, out.protos, out.kinds, out.labels, out.display
     size = display.shape[:2]
     h, w = cloud.grid
     # Also a list: a click on a small marker is easy to miss, and a list works by keyboard.
     pickable = [i for i, k in enumerate(kinds) if k == CENTRE or k in PROTOTYPE_KINDS]
-    # base_cloud puts the centres of `preds` in their order; the target is one of them.
-    centre_of_target = int(cloud.indices(CENTRE)[[p.index for p in preds].index(target)])
-    if pickable:
-        picked = st.selectbox("Similarity map of", pickable, index=pickable.index(centre_of_target),
-                              format_func={i: labels[i] for i in pickable}.__getitem__,
-                              key=f"fs_sim_{cloud.key}_{protos.key}",
-                              help="Or click a centre or prototype in the plot; select pixels to locate them.")
+    chosen = [i for i in chosen if 0 <= i < len(kinds)]  # a selection made on an earlier figure
     sel_pixels = [i for i in chosen if kinds[i] == PIXEL]
-    others = [i for i in chosen if kinds[i] != PIXEL]
+    clicked = [i for i in chosen if kinds[i] != PIXEL]
+    list_key = f"fs_sim_{cloud.key}_{protos.key}"
+    # A new click on a centre or prototype moves the list to it (before the list is drawn);
+    # the same selection seen again on a later rerun does not, so a later list choice wins.
+    if clicked != st.session_state.get("fs_clicked_seen"):
+        st.session_state["fs_clicked_seen"] = clicked
+        if clicked and clicked[0] in pickable:
+            st.session_state[list_key] = clicked[0]
+    if list_key not in st.session_state or st.session_state[list_key] not in pickable:
+        # base_cloud puts the centres of `preds` in their order; the target is one of them.
+        st.session_state[list_key] = int(cloud.indices(CENTRE)[[p.index for p in preds].index(target)])
+    if pickable:
+        picked = st.selectbox("Similarity map of", pickable, key=list_key,
+                              format_func={i: labels[i] for i in pickable}.__getitem__,
+                              help="Or click a centre or prototype in the plot; pick the lasso or box tool "
+                                   "above the plot to select pixels and locate them.")
     if sel_pixels:
         mask = np.zeros((h, w), bool)
         mask[cloud.rows[sel_pixels], cloud.cols[sel_pixels]] = True
         st.image(highlight(display, resize_nearest(mask, size)), width="stretch",
                  caption=f"{len(sel_pixels)} selected pixel(s) of the {h}×{w} feature grid")
-    elif others or pickable:
-        i = others[0] if others else picked
+    elif pickable:
+        i = picked
         vec = cloud.vectors[i] if i < len(cloud) else protos.vectors[i - len(cloud)]
         feats = out.fwd.head_features if scale == 1.0 else out.fwd.features_at(scale)
         sim = similarity_map(vec, feats)
@@ -374,8 +383,8 @@ def _selection_view(out: Computed, preds: list, target: int, scale: float, thres
                  f"(range {float(sim.min()):.2f} … {float(sim.max()):.2f})")
     else:
         st.image(display, width="stretch",
-                 caption="Select pixels (lasso, box or click) to see where they are; click a centre or a "
-                 "prototype to see its similarity map.")
+                 caption="Click pixels, or pick the lasso or box tool above the plot, to see where they are; "
+                 "click a centre or a prototype to see its similarity map.")
 
 
 def _cluster_rows(sel_) -> list[dict]:
@@ -423,7 +432,9 @@ def _figure(coords, kinds, labels, cloud, values, categorical, colour_by, image_
                             line=dict(width=1, color="black") if big else None),
                 text=[labels[i].removeprefix("centre: ") for i in idx] if kind == CENTRE else None,
                 textposition="top center", customdata=idx, hovertext=[labels[i] for i in idx], hoverinfo="text"))
-    fig.update_layout(height=560, margin=dict(l=10, r=10, t=70, b=10), dragmode="lasso", clickmode="event+select",
+    # No dragmode of select or lasso by default: Streamlit's chart then sets clickmode 'event' (a click
+    # selects nothing, issue 9 item 2); with pan it sets 'event+select'. Lasso and box are in the modebar.
+    fig.update_layout(height=560, margin=dict(l=10, r=10, t=70, b=10), dragmode="pan",
                       legend=dict(orientation="h", y=-0.08))
     return fig
 

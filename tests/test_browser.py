@@ -127,3 +127,41 @@ def test_served_app_shows_the_grid_and_retargets(served_app, browser):
     expect(dialog).to_have_count(0, timeout=60_000)
     expect(main.get_by_text(re.compile(r"^German shepherd · [\d.]+ ms"))).to_have_count(4, timeout=120_000)
     page.close()
+
+
+def _click_marker(page, trace_name: str, which: int = -1) -> str:
+    """Click one marker of the feature plot's trace named `trace_name`; returns its hover text."""
+    plot = page.locator("[data-testid='stPlotlyChart']").first
+    plot.scroll_into_view_if_needed()
+    index, label = page.evaluate(
+        """([name, which]) => {
+            const gd = document.querySelector("[data-testid='stPlotlyChart'] .js-plotly-plot");
+            const t = gd.data.findIndex(d => d.name === name);
+            const texts = gd.data[t].hovertext;
+            return [t, texts[(which + texts.length) % texts.length]];
+        }""", [trace_name, which])
+    points = plot.locator("g.trace.scatter").nth(index).locator("path.point")
+    box = points.nth(which % points.count()).bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    return label
+
+
+def test_clicking_a_class_centre_shows_its_similarity_map(served_app, browser):
+    """Issue 9 item 2: a click on a centre marker selects it (Streamlit's chart drops click
+    selection while the drag mode is lasso or box) and the map beside the plot follows it."""
+    from playwright.sync_api import expect
+
+    from cam_core.featurespace import CENTRE
+
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(served_app + "/feature_space")
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_text("Diagnostics").wait_for(timeout=180_000)
+    caption = main.get_by_text(re.compile(r"^cosine similarity of every pixel to centre: "))
+    expect(caption).to_have_count(1, timeout=60_000)
+    first = caption.inner_text()
+    label = _click_marker(page, CENTRE)  # the last centre: the 5th prediction, not the target
+    assert label not in first
+    expect(main.get_by_text(f"cosine similarity of every pixel to {label} (")).to_have_count(1, timeout=60_000)
+    page.close()

@@ -3,8 +3,11 @@ a fragment, so these tests prove the caching half of "a slider reruns only what 
 it" (no forward pass, no other method); the fragment half is checked in the real browser
 (tests/test_browser.py), where the page's own run counters are visible."""
 
+import json
+
 import pytest
 from helpers import ROOT
+from streamlit.proto.PlotlyChart_pb2 import PlotlyChart
 from streamlit.testing.v1 import AppTest
 
 APP = str(ROOT / "app.py")
@@ -122,3 +125,46 @@ def test_controls_survive_a_visit_to_the_other_page():
     at.switch_page("pages/feature_space.py").run()
     assert at.slider(key="fs_lp_k").value == 7
     assert not at.exception
+
+
+def _plot(at):
+    """The feature plot's proto and its figure (the Plotly JSON the browser draws)."""
+    proto = at.get("plotly_chart")[0].proto
+    return proto, json.loads(proto.spec)
+
+
+def _select_in_plot(at, indices):
+    """Rerun as the browser does after a click or a lasso in the plot: the chart's selection
+    state carries each selected point's customdata (its index in the page's point list).
+    AppTest has no Plotly element, so the state is added to the widget states by hand."""
+    proto, _ = _plot(at)
+    states = at._tree.get_widget_states()
+    state = states.widgets.add()
+    state.id = proto.id
+    state.string_value = json.dumps({"selection": {"points": [{"customdata": i} for i in indices],
+                                                   "point_indices": list(indices), "box": [], "lasso": []}})
+    at._run(states)
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_a_click_on_a_marker_selects_it(page):
+    """Issue 9 item 2: Streamlit's chart sets clickmode 'event' (a click selects nothing) while
+    the figure's drag mode is lasso or box; the page must leave a mode in which a click selects."""
+    proto, fig = _plot(page)
+    assert PlotlyChart.SelectionMode.POINTS in proto.selection_mode
+    assert fig["layout"].get("dragmode") not in ("select", "lasso")
+    assert "select" in fig["layout"].get("clickmode", "event+select")
+
+
+def test_clicked_centre_drives_the_similarity_map_then_the_list_wins(page):
+    _, fig = _plot(page)
+    centres = next(t for t in fig["data"] if t["name"].startswith("class centre"))
+    index, label = centres["customdata"][-1], centres["hovertext"][-1]  # the 5th prediction's centre
+    _select_in_plot(page, [index])
+    pick = next(s for s in page.selectbox if s.label == "Similarity map of")
+    assert pick.value == index  # the list follows the click
+    assert _image_captions(page, f"cosine similarity of every pixel to {label} (")
+    proto = next(o for o in pick.options if "prototype" in o)
+    pick.set_value(proto)
+    _select_in_plot(page, [index])  # the same selection again: the list's new choice wins
+    assert _image_captions(page, "cosine similarity of every pixel to class prototype")
