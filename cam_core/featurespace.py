@@ -200,6 +200,9 @@ def embed(
     tsne = openTSNE.TSNE(perplexity=perplexity, n_jobs=2, random_state=seed, callbacks=callback,
                          callbacks_every_iters=50, metric="cosine", verbose=False)
     emb = tsne.fit(x.astype(np.float32))
+    # openTSNE keeps the callbacks on the embedding and runs them again in every transform():
+    # place() would report progress (and check cancel) of this fit long after it ended.
+    emb.gradient_descent_params["callbacks"] = None
     return Embedding(np.asarray(emb), "tsne", time.perf_counter() - t0, _tsne=emb)
 
 

@@ -139,14 +139,17 @@ def embedding_store() -> OrderedDict:
     return OrderedDict()
 
 
-def get_embedding(cloud: PointCloud, method: str, perplexity: float) -> Embedding:
+def get_embedding(cloud: PointCloud, method: str, perplexity: float, slot) -> Embedding:
+    """The cached embedding of `cloud`; a t-SNE shows its progress in `slot` (an st.empty that
+    the page draws on every run, so that nothing else ever takes the bar's place)."""
     store = embedding_store()
     key = (cloud.key, method, perplexity)
     if key not in store:
-        bar = st.progress(0.0, text="t-SNE…") if method == "tsne" else None
-        store[key] = embed(cloud, method, perplexity, progress=(lambda f: bar.progress(f, text=f"t-SNE {f:.0%}")) if bar else None)
-        if bar is not None:
-            bar.empty()
+        progress = None
+        if method == "tsne":
+            slot.progress(0.0, text="t-SNE…")
+            progress = lambda f: slot.progress(f, text=f"t-SNE {f:.0%}")  # noqa: E731
+        store[key] = embed(cloud, method, perplexity, progress=progress)
         while len(store) > 16:
             store.popitem(last=False)
     return store[key]
@@ -179,6 +182,7 @@ class Controls:
     threshold_caption: object  # st.empty() under the threshold slider
     lp_out: object  # LPCAM's column
     sp_out: object  # SIPE's column
+    progress_slot: object  # st.empty() above the plot: t-SNE's progress bar, then nothing
 
 
 @dataclass
@@ -249,7 +253,7 @@ def _controls(bb, bank: PrototypeBank | None) -> Controls:
     colour_by = e4.selectbox("Colour pixels by", ["CAM", "LPCAM", "Grad-CAM", "SIPE IS-CAM", "SIPE seed",
                                                    "K-means cluster (LPCAM)"], key="fs_colour")
     return Controls(threshold, lp_params, sp_params, method, perplexity, scale, int(cap), use_bank, colour_by,
-                    threshold_caption, lp_out, sp_out)
+                    threshold_caption, lp_out, sp_out, st.empty())
 
 
 def _compute(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: PrototypeBank | None,
@@ -280,7 +284,7 @@ def _compute(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: 
     fwd = ex.forward(image)
     cloud = base_cloud(fwd, [p.index for p in preds], c.scale, bank if c.use_bank else None, target,
                        c.lp_params["tau"], c.cap)
-    emb = get_embedding(cloud, c.method, c.perplexity)
+    emb = get_embedding(cloud, c.method, c.perplexity, c.progress_slot)
     protos = prototype_cloud(lp, sp, fwd)
     placed = emb.place(protos.vectors)
     coords = np.concatenate([emb.coords, placed]) if len(placed) else emb.coords
@@ -291,6 +295,7 @@ def _compute(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: 
 
 def _render(ex: Explainer, image: LoadedImage, preds: list, target: int, c: Controls, out: Computed) -> None:
     c.threshold_caption.caption(f"Threshold: drawing the tiles took {out.render_ms:.1f} ms")
+    c.progress_slot.empty()
     with c.lp_out:
         _lpcam_panel(out)
     with c.sp_out:

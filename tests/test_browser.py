@@ -165,3 +165,39 @@ def test_clicking_a_class_centre_shows_its_similarity_map(served_app, browser):
     assert label not in first
     expect(main.get_by_text(f"cosine similarity of every pixel to {label} (")).to_have_count(1, timeout=60_000)
     page.close()
+
+
+def _wait_for_fragment_run(page, after: int) -> None:
+    """Until the Diagnostics caption (the fragment's last element) reports a run after `after`."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text(re.compile(rf"fragment runs: {after + 1}\b"))).to_have_count(1, timeout=240_000)
+
+
+def test_no_tsne_progress_bar_stays_after_a_recompute(served_app, browser):
+    """Issue 9 item 4: after a t-SNE recompute (perplexity, class) no 't-SNE 100%' bar stays."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(served_app + "/feature_space")
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_text("Diagnostics").wait_for(timeout=180_000)
+    main.get_by_text("Diagnostics").click()
+    bars = main.locator("[data-testid='stProgress']")
+    _, runs = _runs(page)
+    main.get_by_text("t-SNE", exact=True).click()
+    _wait_for_fragment_run(page, runs)
+    for _ in range(2):  # the first recompute with a bar of an earlier t-SNE in the store, then another
+        _, runs = _runs(page)
+        page.locator("input[aria-label='Perplexity']").focus()
+        page.keyboard.press("ArrowLeft")
+        _wait_for_fragment_run(page, runs)
+        expect(bars).to_have_count(0, timeout=5_000)
+    page_runs, runs = _runs(page)
+    classes = main.get_by_role("combobox", name="Class", exact=True)
+    classes.scroll_into_view_if_needed()  # clicked while scrolled in by the click itself, it stays closed
+    classes.click()
+    page.get_by_role("option").nth(1).click()
+    expect(page.get_by_text(re.compile(rf"page runs: {page_runs + 1} · "))).to_have_count(1, timeout=240_000)
+    expect(bars).to_have_count(0, timeout=5_000)
+    page.close()

@@ -51,7 +51,10 @@ def test_tsne_separates_clusters_and_places_new_points_near_their_cluster():
     assert emb.coords.shape == (len(cloud), 2)
     assert separation(emb.coords, groups) > 0.2
     assert ticks and ticks[-1] == pytest.approx(1.0) and ticks == sorted(ticks)
+    fit_ticks = len(ticks)
     new = emb.place(F.normalize(torch.stack([a, b]), dim=1))
+    # Placing runs no callback of the finished fit (issue 9 item 4: the page's bar came back at 100%).
+    assert len(ticks) == fit_ticks
     centre_a, centre_b = emb.coords[groups == 0].mean(0), emb.coords[groups == 1].mean(0)
     assert np.linalg.norm(new[0] - centre_a) < np.linalg.norm(new[0] - centre_b)
     assert np.linalg.norm(new[1] - centre_b) < np.linalg.norm(new[1] - centre_a)
