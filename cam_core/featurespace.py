@@ -211,3 +211,25 @@ def similarity_map(vector: torch.Tensor, features: torch.Tensor) -> torch.Tensor
     c, h, w = features.shape
     f = F.normalize(features.reshape(c, -1).float(), dim=0)
     return (F.normalize(vector.float().to(f.device), dim=0) @ f).reshape(h, w)
+
+
+def spread_labels(points: np.ndarray, widths: np.ndarray, height: float, dx: float = 0.0) -> np.ndarray:
+    """Where to put one text box per point so that no two boxes overlap: (left x, middle y)
+    of each box, in the points' units. A box starts `dx` right of its point, at the point's
+    height; boxes are placed lowest first, each moved up just enough to clear the boxes already
+    placed that it overlaps horizontally (widths[i] wide, `height` tall)."""
+    pos = np.asarray(points, dtype=np.float64).copy()
+    widths = np.asarray(widths, dtype=np.float64)
+    pos[:, 0] += dx
+    placed: list[int] = []
+    for i in np.argsort(pos[:, 1], kind="stable"):
+        moved = True
+        while moved:  # y only grows, to one of finitely many values: this ends
+            moved = False
+            for j in placed:
+                overlaps_x = pos[i, 0] < pos[j, 0] + widths[j] and pos[j, 0] < pos[i, 0] + widths[i]
+                if overlaps_x and abs(pos[i, 1] - pos[j, 1]) < height * (1 - 1e-9):
+                    pos[i, 1] = pos[j, 1] + height
+                    moved = True
+        placed.append(int(i))
+    return pos

@@ -28,6 +28,7 @@ from cam_core.featurespace import (
     embed,
     prototype_cloud,
     similarity_map,
+    spread_labels,
 )
 from cam_core.images import ImageError, resolve_under
 from cam_core.methods import get_method
@@ -301,12 +302,15 @@ def _render(ex: Explainer, image: LoadedImage, preds: list, target: int, c: Cont
     with c.sp_out:
         _sipe_panel(ex.backbone, out)
     fig = _figure(out.coords, out.kinds, out.labels, out.cloud, out.values, out.categorical, c.colour_by, image.size)
-    fig.update_layout(title_y=0.97, title=f"{c.method.upper()} of {len(out.cloud)} points (+{len(out.protos)} "
-                      f"prototypes placed) · computed in {out.emb.seconds:.1f} s, cached")
+    # A short title: the plot column is ~600 px wide at a 1280 px window; the rest goes in a caption.
+    fig.update_layout(title_y=0.97, title=f"{c.method.upper()} of {len(out.cloud)} points + {len(out.protos)} "
+                      "prototypes")
     plot_col, view_col = st.columns([3, 2])
     with plot_col:
         event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="fs_plot",
                                 width="stretch")
+        st.caption(f"{c.method.upper()} of the pixels and centres computed in {out.emb.seconds:.1f} s (cached); "
+                   f"the {len(out.protos)} prototypes placed into it.")
     with view_col:
         _selection_view(out, preds, target, c.scale, c.threshold, _selected_indices(event))
     with st.expander("Diagnostics"):
@@ -432,16 +436,50 @@ def _figure(coords, kinds, labels, cloud, values, categorical, colour_by, image_
         else:
             big = kind not in (BANK_FG, BANK_BG)
             fig.add_trace(go.Scatter(
-                x=xy[:, 0], y=xy[:, 1], mode="markers+text" if kind == CENTRE else "markers", name=kind,
+                x=xy[:, 0], y=xy[:, 1], mode="markers", name=kind,
                 marker=dict(size=15 if big else 5, symbol=MARKERS[kind], color=KIND_COLOURS[kind],
                             line=dict(width=1, color="black") if big else None),
-                text=[labels[i].removeprefix("centre: ") for i in idx] if kind == CENTRE else None,
-                textposition="top center", customdata=idx, hovertext=[labels[i] for i in idx], hoverinfo="text"))
+                customdata=idx, hovertext=[labels[i] for i in idx], hoverinfo="text"))
+    centres = [i for i, k in enumerate(kinds) if k == CENTRE]
+    annotations, x_range, y_range = _centre_labels(coords, coords[centres],
+                                                   [labels[i].removeprefix("centre: ") for i in centres])
     # No dragmode of select or lasso by default: Streamlit's chart then sets clickmode 'event' (a click
     # selects nothing, issue 9 item 2); with pan it sets 'event+select'. Lasso and box are in the modebar.
-    fig.update_layout(height=560, margin=dict(l=10, r=10, t=70, b=10), dragmode="pan",
-                      legend=dict(orientation="h", y=-0.08))
+    fig.update_layout(height=PLOT_HEIGHT, margin=dict(l=10, r=10, t=40, b=10), dragmode="pan",
+                      legend=dict(orientation="h", y=-0.08), annotations=annotations,
+                      xaxis=dict(range=x_range), yaxis=dict(range=y_range))
     return fig
+
+
+PLOT_HEIGHT = 560
+# For placing the centres' labels: the plot area's smallest expected size (the plot column at a
+# 1280 px window, less the legend and colour bar) and the size of a 12 px label. A wider plot
+# only leaves more room between labels.
+PLOT_AREA_PX = (430.0, 380.0)
+LABEL_CHAR_PX, LABEL_LINE_PX, LABEL_DX_PX = 7.0, 17.0, 14.0
+
+
+def _centre_labels(coords: np.ndarray, anchors: np.ndarray, texts: list[str]):
+    """Annotations naming the class centres, stacked where they would overlap (near-synonym
+    centres sit on one spot), and the axis ranges that hold every point and label (a label
+    past the axis range is clipped)."""
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    span = np.maximum(hi - lo, 1e-9)
+    lo, hi = lo - 0.05 * span, hi + 0.05 * span
+    area = np.array(PLOT_AREA_PX)
+    widths = np.array([len(t) * LABEL_CHAR_PX for t in texts])
+    pos = anchors
+    for _ in range(2):  # the ranges grow to hold the labels, which shrinks the scale: place again
+        scale = area / (hi - lo)  # px per data unit
+        pos = spread_labels((anchors - lo) * scale, widths, LABEL_LINE_PX, LABEL_DX_PX) / scale + lo
+        if len(texts):
+            hi = np.maximum(hi, [pos[:, 0].max(), pos[:, 1].max()] + np.array([widths.max(), LABEL_LINE_PX]) / scale)
+            lo = np.minimum(lo, pos.min(axis=0) - np.array([0.0, LABEL_LINE_PX]) / scale)
+    annotations = [dict(x=float(a[0]), y=float(a[1]), ax=float(p[0]), ay=float(p[1]), axref="x", ayref="y",
+                        text=t, xanchor="left", yanchor="middle", showarrow=True, arrowhead=0, arrowwidth=1,
+                        arrowcolor="#555", font=dict(size=12), bgcolor="rgba(255,255,255,0.75)")
+                   for a, p, t in zip(anchors, pos, texts)]
+    return annotations, [float(lo[0]), float(hi[0])], [float(lo[1]), float(hi[1])]
 
 
 def _selected_indices(event) -> list[int]:

@@ -71,8 +71,8 @@ def browser():
 def _runs(page):
     """(page runs, fragment runs) from the page's Diagnostics caption."""
     caption = page.get_by_text(re.compile(r"page runs: \d+ · fragment runs: \d+")).last
-    caption.wait_for(state="visible", timeout=30_000)
-    found = re.search(r"page runs: (\d+) · fragment runs: (\d+)", caption.inner_text())
+    caption.wait_for(state="attached", timeout=30_000)  # read even while the expander is closed
+    found = re.search(r"page runs: (\d+) · fragment runs: (\d+)", caption.text_content())
     return int(found.group(1)), int(found.group(2))
 
 
@@ -200,4 +200,36 @@ def test_no_tsne_progress_bar_stays_after_a_recompute(served_app, browser):
     page.get_by_role("option").nth(1).click()
     expect(page.get_by_text(re.compile(rf"page runs: {page_runs + 1} · "))).to_have_count(1, timeout=240_000)
     expect(bars).to_have_count(0, timeout=5_000)
+    page.close()
+
+
+def test_feature_plot_labels_and_title_fit_at_1280_px(served_app, browser):
+    """Issue 9 item 7: the class-centre labels (near-synonyms: tiger cat, tabby, Egyptian cat,
+    lynx) do not overlap and lie inside the plot area; the title is not cut at a 1280 px window."""
+    from cam_core.featurespace import CENTRE
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(served_app + "/feature_space")
+    page.locator("[data-testid='stMain']").get_by_text("Diagnostics").wait_for(timeout=180_000)
+    plot = page.locator("[data-testid='stPlotlyChart']").first
+    plot.scroll_into_view_if_needed()
+    page.wait_for_timeout(1000)  # the chart's last resize to its column
+    found = page.evaluate(
+        """(centre) => {
+            const gd = document.querySelector("[data-testid='stPlotlyChart'] .js-plotly-plot");
+            const names = gd.data.find(d => d.name === centre).hovertext.map(t => t.replace(/^centre: /, ""));
+            const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+            const labels = [...gd.querySelectorAll("text")].filter(t => names.includes(t.textContent)).map(box);
+            return {names, labels, area: box(gd.querySelector(".nsewdrag")), svg: box(gd.querySelector("svg.main-svg")),
+                    title: box(gd.querySelector(".gtitle"))};
+        }""", CENTRE)
+    assert len(found["labels"]) == len(found["names"]) == 5
+    left, top, right, bottom = found["area"]
+    for x0, y0, x1, y1 in found["labels"]:
+        assert left <= x0 and x1 <= right + 1 and top - 1 <= y0 and y1 <= bottom + 1, (found["labels"], found["area"])
+    boxes = found["labels"]
+    for i, a in enumerate(boxes):
+        for b in boxes[:i]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] + 1 or b[3] <= a[1] + 1, (a, b)
+    assert found["svg"][0] <= found["title"][0] and found["title"][2] <= found["svg"][2]
     page.close()

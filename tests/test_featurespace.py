@@ -93,3 +93,21 @@ def test_base_cloud_holds_the_image_pixels_and_the_classifier_rows(lite0, cat):
     expected = F.normalize(fwd.head_features[:, cloud.rows[i], cloud.cols[i]].float().cpu(), dim=0)
     torch.testing.assert_close(cloud.vectors[i], expected)
     torch.testing.assert_close(cloud.vectors[-1], F.normalize(lite0.linear_weight[285].float().cpu(), dim=0))
+
+
+def test_spread_labels_leaves_no_two_boxes_overlapping():
+    from cam_core.featurespace import spread_labels
+
+    # Four centres almost on one spot (tiger cat, tabby, Egyptian cat, lynx), one far away.
+    points = np.array([[100.0, 50.0], [102.0, 52.0], [99.0, 49.0], [101.0, 55.0], [400.0, 50.0]])
+    widths = np.array([90.0, 60.0, 100.0, 40.0, 80.0])
+    pos = spread_labels(points, widths, height=16.0, dx=10.0)
+    np.testing.assert_allclose(pos[:, 0], points[:, 0] + 10.0)  # each box beside its own point
+    assert (pos[:, 1] >= points[:, 1]).all()  # moved up only
+    for i in range(len(pos)):
+        for j in range(i):
+            apart_x = pos[i, 0] >= pos[j, 0] + widths[j] or pos[j, 0] >= pos[i, 0] + widths[i]
+            apart_y = abs(pos[i, 1] - pos[j, 1]) >= 16.0 - 1e-9
+            assert apart_x or apart_y, (i, j)
+    assert pos[4, 1] == 50.0  # a label with room stays at its point's height
+    assert np.ptp(pos[:4, 1]) == pytest.approx(3 * 16.0)  # the four stack, one line apart
