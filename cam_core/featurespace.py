@@ -133,7 +133,7 @@ def prototype_cloud(lpcam=None, sipe=None, fwd=None) -> PointCloud:
             if members.any():
                 vectors.append(flat[:, members].mean(dim=1))
                 kinds.append(SIPE_PROTO)
-                labels.append(f"SIPE: {name}")
+                labels.append(f"SIPE: {name if j == 0 else fwd.backbone.short_name(name)}")  # 0: background
     if not vectors:
         return PointCloud(torch.zeros(0, 1), [], [], np.zeros(0, int), np.zeros(0, int), (0, 0), "")
     v = F.normalize(torch.stack([x.float().cpu() for x in vectors]), dim=1)

@@ -137,8 +137,10 @@ class PrototypeBank:
         if dim != self.feature_dim:
             raise BankError(f"bank '{self.name}' holds {self.feature_dim}-d features; {backbone.name} has {dim}")
 
-    def describe(self) -> str:
-        counts = ", ".join(f"{c}: {len(cf)} px" for c, cf in sorted(self.classes.items())[:6])
+    def describe(self, name: Callable[[int], str] = str) -> str:
+        """One line: the bank's name, its image count and its classes' pixel counts, each class
+        named by name(class id) (e.g. Backbone.short_name)."""
+        counts = ", ".join(f"{name(c)}: {len(cf)} px" for c, cf in sorted(self.classes.items())[:6])
         more = "" if len(self.classes) <= 6 else f", … ({len(self.classes)} classes)"
         return f"{self.name}: {len(self.images)} images, {counts}{more}"
 

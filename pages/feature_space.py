@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import time
 from collections import OrderedDict
@@ -34,7 +35,10 @@ from cam_core.images import ImageError, resolve_under
 from cam_core.methods import get_method
 from cam_core.prototypes import saved_banks
 from cam_core.render import (
+    LABEL_COLOURS,
     downscale_for_display,
+    group_colours,
+    hex_colour,
     highlight,
     label_overlay,
     render_tile,
@@ -44,6 +48,14 @@ from cam_core.render import (
 from pages.common import USER_ERRORS, allowed_image_dirs, bank_dir, drop_stale_choice, param_input, sidebar
 
 THIS_IMAGE = "this image (its own pixels)"
+KMEANS = "K-means cluster (LPCAM)"
+KMEANS_LEGEND = (
+    "K-means of LPCAM: the foreground pixels (CAM > tau) and the context pixels (the rest) are clustered "
+    "apart, K clusters each (numbered as in *Clusters and what the classifier says of them*). Warm colours: "
+    "foreground clusters; cool colours: context clusters. **class k**: a foreground cluster that the "
+    "classifier takes for the class, one of LPCAM's class prototypes; **fg k**: a foreground cluster it "
+    "does not; **context k**: a context cluster that LPCAM subtracts, a context prototype; **bg k**: a "
+    "context cluster it leaves out.")
 BUILD = "build from a folder…"
 MARKERS = {PIXEL: "circle", BANK_FG: "circle-open", BANK_BG: "x-thin-open", CENTRE: "star",
            LP_CLASS: "diamond", LP_CONTEXT: "diamond-open", SIPE_PROTO: "square"}
@@ -99,7 +111,7 @@ def bank_panel(ex: Explainer, target: int) -> PrototypeBank | None:
                 return None
             if last != choice:
                 _remember_bank(bb.name, choice)
-            st.caption(bank.describe())
+            st.caption(bank.describe(bb.short_name))
             if target not in bank.classes:
                 st.info(f"This bank has no images of {bb.short_name(target)}: LPCAM uses the image's own pixels.")
             return bank
@@ -207,7 +219,7 @@ class Computed:
     kinds: list
     labels: list
     values: list
-    categorical: bool
+    palette: dict | None  # category -> colour, in legend order; None: values are map values in [0, 1]
 
 
 @st.fragment
@@ -251,8 +263,8 @@ def _controls(bb, bank: PrototypeBank | None) -> Controls:
                                  help="A larger copy of the image gives more pixel points (the feature grid grows).")
     cap = e2.number_input("Most pixel points", 100, 20000, 5000, 100, key="fs_cap")
     use_bank = e3.toggle("Bank pixels too", value=bank is not None, key="fs_use_bank", disabled=bank is None)
-    colour_by = e4.selectbox("Colour pixels by", ["CAM", "LPCAM", "Grad-CAM", "SIPE IS-CAM", "SIPE seed",
-                                                   "K-means cluster (LPCAM)"], key="fs_colour")
+    colour_by = e4.selectbox("Colour pixels by", ["CAM", "LPCAM", "Grad-CAM", "SIPE IS-CAM", "SIPE seed", KMEANS],
+                             key="fs_colour")
     return Controls(threshold, lp_params, sp_params, method, perplexity, scale, int(cap), use_bank, colour_by,
                     threshold_caption, lp_out, sp_out, st.empty())
 
@@ -289,9 +301,9 @@ def _compute(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: 
     protos = prototype_cloud(lp, sp, fwd)
     placed = emb.place(protos.vectors)
     coords = np.concatenate([emb.coords, placed]) if len(placed) else emb.coords
-    values, categorical = _pixel_colours(ex, image, c.colour_by, cloud, lp, sp, target)
+    values, palette = _pixel_colours(ex, image, c.colour_by, cloud, lp, sp, target)
     return Computed(display, lp, lp_ms, lp_err, sp, sp_ms, sp_err, tiles, render_ms, fwd, cloud, emb, protos,
-                    coords, cloud.kinds + protos.kinds, cloud.labels + protos.labels, values, categorical)
+                    coords, cloud.kinds + protos.kinds, cloud.labels + protos.labels, values, palette)
 
 
 def _render(ex: Explainer, image: LoadedImage, preds: list, target: int, c: Controls, out: Computed) -> None:
@@ -301,7 +313,7 @@ def _render(ex: Explainer, image: LoadedImage, preds: list, target: int, c: Cont
         _lpcam_panel(out)
     with c.sp_out:
         _sipe_panel(ex.backbone, out)
-    fig = _figure(out.coords, out.kinds, out.labels, out.cloud, out.values, out.categorical, c.colour_by, image.size)
+    fig = _figure(out.coords, out.kinds, out.labels, out.cloud, out.values, out.palette, c.colour_by, image.size)
     # A short title: the plot column is ~600 px wide at a 1280 px window; the rest goes in a caption.
     fig.update_layout(title_y=0.97, title=f"{c.method.upper()} of {len(out.cloud)} points + {len(out.protos)} "
                       "prototypes")
@@ -311,6 +323,8 @@ def _render(ex: Explainer, image: LoadedImage, preds: list, target: int, c: Cont
                                 width="stretch")
         st.caption(f"{c.method.upper()} of the pixels and centres computed in {out.emb.seconds:.1f} s (cached); "
                    f"the {len(out.protos)} prototypes placed into it.")
+        if c.colour_by == KMEANS and out.palette is not None:
+            st.caption(KMEANS_LEGEND)
     with view_col:
         _selection_view(out, preds, target, c.scale, c.threshold, _selected_indices(event))
     with st.expander("Diagnostics"):
@@ -341,13 +355,22 @@ def _sipe_panel(bb, out: Computed) -> None:
     sp = out.sp
     size = out.display.shape[:2]
     seeds = sp.extras["seeds"].cpu().numpy()
-    names = ["background"] + [bb.short_name(c) for c in sp.extras["labels"][1:]]
+    names = _seed_names(bb, sp)
     share = ", ".join(f"{n}: {(seeds == j).mean():.0%}" for j, n in enumerate(names))
     st.caption(f"SIPE: {sp.ms:.0f} ms to compute; this run {out.sp_ms:.0f} ms · seeds {share}")
     c1, c2 = st.columns(2)
     c1.image(label_overlay(out.display, resize_nearest(seeds, size)), width="stretch",
              caption="seeds (tinted: the image's classes; clear: background)")
+    c1.html(_legend_html(names[1:], _seed_colours(len(names))[1:]))
     c2.image(out.tiles["IS-CAM"], caption="IS-CAM", width="stretch")
+
+
+def _legend_html(names: list[str], colours: list[str]) -> str:
+    """A one-line legend: a colour swatch before each name (names escaped: a checkpoint's class
+    names file is the user's text)."""
+    items = "".join(f'<span style="margin-right:0.8em;white-space:nowrap"><span style="color:{c}">■</span> '
+                    f"{html.escape(n)}</span>" for n, c in zip(names, colours))
+    return f'<div style="font-size:0.85em">{items}</div>'
 
 
 def _selection_view(out: Computed, preds: list, target: int, scale: float, threshold: float,
@@ -408,7 +431,7 @@ def _cluster_rows(sel_) -> list[dict]:
     return rows
 
 
-def _figure(coords, kinds, labels, cloud, values, categorical, colour_by, image_size) -> go.Figure:
+def _figure(coords, kinds, labels, cloud, values, palette, colour_by, image_size) -> go.Figure:
     """The scatter of every point; image_size (height, width) turns a pixel's grid cell into
     image coordinates for its hover text."""
     h, w = cloud.grid
@@ -423,11 +446,13 @@ def _figure(coords, kinds, labels, cloud, values, categorical, colour_by, image_
             hover = [f"{labels[i]}<br>image x≈{(c + .5) * image_size[1] / w:.0f}, y≈{(r + .5) * image_size[0] / h:.0f}"
                      f"<br>{colour_by}: {v}" for i, r, c, v in zip(idx, rr, cc, values)]
             marker = dict(size=6, symbol="circle", line=dict(width=0))
-            if categorical:
-                for cat in sorted(set(values)):
+            if palette is not None:
+                for cat, colour in palette.items():
                     sub = [j for j, v in enumerate(values) if v == cat]
+                    if not sub:
+                        continue
                     fig.add_trace(go.Scatter(x=xy[sub, 0], y=xy[sub, 1], mode="markers", name=f"pixel: {cat}",
-                                             marker=marker, customdata=[idx[j] for j in sub],
+                                             marker={**marker, "color": colour}, customdata=[idx[j] for j in sub],
                                              hovertext=[hover[j] for j in sub], hoverinfo="text"))
                 continue
             marker.update(color=values, colorscale="Jet", cmin=0, cmax=1, colorbar=dict(title=colour_by, len=0.6))
@@ -497,30 +522,46 @@ def _selected_indices(event) -> list[int]:
     return out
 
 
+def _seed_names(bb, sp) -> list[str]:
+    """SIPE's seed labels by name: 0 = background, then the image's classes."""
+    return ["background"] + [bb.short_name(c) for c in sp.extras["labels"][1:]]
+
+
+def _seed_colours(n: int) -> list[str]:
+    """The seed overlay's colours (render.label_overlay) as hex; the background, left untinted
+    there, grey."""
+    return ["#9e9e9e"] + [hex_colour(LABEL_COLOURS[min(j, len(LABEL_COLOURS) - 1)]) for j in range(1, n)]
+
+
 def _pixel_colours(ex: Explainer, image: LoadedImage, colour_by: str, cloud: PointCloud, lp, sp, target: int):
-    """One value per pixel point: a map value in [0, 1] or a category name."""
+    """One value per pixel point, and the palette: map values in [0, 1] (palette None), or
+    category names with the palette {category: colour} in legend order."""
     bb = ex.backbone
     grid = cloud.grid
     idx = cloud.indices(PIXEL)
     rr, cc = cloud.rows[idx], cloud.cols[idx]
     if colour_by == "SIPE seed" and sp is not None:
         seeds = resize_nearest(sp.extras["seeds"].cpu().numpy(), grid)
-        names = ["background"] + [bb.short_name(c) for c in sp.extras["labels"][1:]]
-        return [names[int(s)] for s in seeds[rr, cc]], True
-    if colour_by == "K-means cluster (LPCAM)" and lp is not None:
+        names = _seed_names(bb, sp)
+        return [names[int(s)] for s in seeds[rr, cc]], dict(zip(names, _seed_colours(len(names))))
+    if colour_by == KMEANS and lp is not None:
         sel_ = lp.extras["selection"]
-        centres = [("class" if sel_.fg_selected[i] else "fg") + f" {i}" for i in range(len(sel_.fg_prob))]
+        n_bg = len(sel_.bg_prob) if sel_.bg is not None else 0
+        fg_colours, bg_colours = group_colours(len(sel_.fg_prob), n_bg)
+        palette = {("class" if sel_.fg_selected[i] else "fg") + f" {i}": fg_colours[i] for i in range(len(fg_colours))}
         vecs = [sel_.fg.centers]
-        if sel_.bg is not None:
-            centres += [("context" if sel_.bg_selected[i] else "bg") + f" {i}" for i in range(len(sel_.bg_prob))]
+        if n_bg:
+            palette.update({("context" if sel_.bg_selected[i] else "bg") + f" {i}": bg_colours[i]
+                            for i in range(n_bg)})
             vecs.append(sel_.bg.centers)
+        names = list(palette)
         c = torch.nn.functional.normalize(torch.cat(vecs).float().cpu(), dim=1)
         nearest = (cloud.vectors[idx] @ c.T).argmax(dim=1).tolist()
-        return [centres[j] for j in nearest], True
+        return [names[j] for j in nearest], palette
     source = {"CAM": "cam", "LPCAM": "lpcam", "Grad-CAM": "gradcam", "SIPE IS-CAM": "sipe"}.get(colour_by, "cam")
     res = {"lpcam": lp, "sipe": sp}.get(source) or ex.compute(image, source, target)
     m = to_image_map(res.map, grid, "max")
-    return [round(float(v), 3) for v in m[rr, cc]], False
+    return [round(float(v), 3) for v in m[rr, cc]], None
 
 
 def main() -> None:

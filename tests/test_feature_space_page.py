@@ -168,3 +168,36 @@ def test_clicked_centre_drives_the_similarity_map_then_the_list_wins(page):
     pick.set_value(proto)
     _select_in_plot(page, [index])  # the same selection again: the list's new choice wins
     assert _image_captions(page, "cosine similarity of every pixel to class prototype")
+
+
+def test_kmeans_colours_keep_foreground_and_context_clusters_apart_and_say_which_is_which(page):
+    """Issue 9 item 10: colouring pixels by K-means cluster, fg/class clusters and bg/context
+    clusters never share a colour (Plotly's colourway repeats every 10 traces), and a legend
+    caption says what class, fg, context and bg clusters are."""
+    page.selectbox(key="fs_colour").set_value("K-means cluster (LPCAM)").run()
+    _, fig = _plot(page)
+    colours = {}
+    for trace in fig["data"]:
+        if trace["name"].startswith("pixel: "):
+            group = trace["name"].split()[1]
+            colours.setdefault("fg" if group in ("class", "fg") else "bg", []).append(trace["marker"].get("color"))
+    assert set(colours) == {"fg", "bg"}
+    assert None not in colours["fg"] + colours["bg"]
+    assert not set(colours["fg"]) & set(colours["bg"])
+    legend = " ".join(c.value for c in page.caption)
+    for word in ("**class k**", "**fg k**", "**context k**", "**bg k**"):
+        assert word in legend
+
+
+def test_sipe_seed_legend_and_prototypes_name_the_classes(page):
+    """Issue 9 item 10: with several classes, the seed overlay has a legend of class names, and
+    SIPE's prototypes and the bank are shown by class name, not id."""
+    page.slider(key="fs_sipe_classes").set_value(3).run()
+    assert not page.exception
+    preds = [o.split(" (")[0] for o in page.selectbox(key="fs_target").options][:3]
+    legends = [el.proto.body for el in page.get("html")]
+    assert any(all(name in body for name in preds) for body in legends), (legends, preds)
+    pick = next(s for s in page.selectbox if s.label == "Similarity map of")
+    sipe = [o for o in pick.options if o.startswith("SIPE: ")]
+    assert f"SIPE: {preds[0]}" in sipe  # (a background prototype only where background was seeded)
+    assert not any(o[6:].isdigit() for o in sipe)

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from cam_core import Cancelled, Explainer
-from cam_core.featurespace import CENTRE, PIXEL, PointCloud, base_cloud, embed, similarity_map
+from cam_core.featurespace import (CENTRE, PIXEL, SIPE_PROTO, PointCloud, base_cloud, embed, prototype_cloud,
+                                   similarity_map)
 
 
 def two_clusters(n=60, dim=16, seed=0):
@@ -111,3 +112,12 @@ def test_spread_labels_leaves_no_two_boxes_overlapping():
             assert apart_x or apart_y, (i, j)
     assert pos[4, 1] == 50.0  # a label with room stays at its point's height
     assert np.ptp(pos[:4, 1]) == pytest.approx(3 * 16.0)  # the four stack, one line apart
+
+
+def test_sipe_prototypes_are_named_by_class(lite0, cat):
+    ex = Explainer(lite0)
+    sipe = ex.compute(cat, "sipe", 281, params={"classes": 2, "multiscale": False})
+    protos = prototype_cloud(sipe=sipe, fwd=ex.forward(cat))
+    named = [label for label, kind in zip(protos.labels, protos.kinds) if kind == SIPE_PROTO]
+    assert named[0] == "SIPE: background"
+    assert "SIPE: tabby" in named and not any(label[6:].isdigit() for label in named)

@@ -267,3 +267,14 @@ def test_compose_grid_columns_defaults_and_errors():
     assert compose_grid([("x", np.zeros((400, 1, 3), np.uint8))], tile_side=20).shape == (20 + 28 + 6, 1 + 6 + 6, 3)
     with pytest.raises(ValueError, match="^no tiles to compose$"):
         compose_grid([])
+
+
+@pytest.mark.parametrize("n_first,n_second", [(1, 1), (12, 12), (3, 20), (64, 64)])
+def test_group_colours_never_share_a_colour(n_first, n_second):
+    from cam_core.render import group_colours
+
+    first, second = group_colours(n_first, n_second)
+    assert len(first) == n_first and len(second) == n_second
+    assert len(set(first)) == n_first and len(set(second)) == n_second  # distinct within a group
+    assert not set(first) & set(second)  # and across
+    assert all(len(c) == 7 and c.startswith("#") for c in first + second)
