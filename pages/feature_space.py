@@ -45,7 +45,15 @@ from cam_core.render import (
     resize_nearest,
     to_image_map,
 )
-from pages.common import USER_ERRORS, allowed_image_dirs, bank_dir, drop_stale_choice, param_input, sidebar
+from pages.common import (
+    USER_ERRORS,
+    allowed_image_dirs,
+    bank_dir,
+    drop_stale_choice,
+    first_value,
+    param_input,
+    sidebar,
+)
 
 THIS_IMAGE = "this image (its own pixels)"
 KMEANS = "K-means cluster (LPCAM)"
@@ -124,8 +132,8 @@ def bank_panel(ex: Explainer, target: int) -> PrototypeBank | None:
 def _build_bank_form(ex: Explainer) -> None:
     folder = st.text_input("Folder (ImageFolder layout: class = subfolder; or flat: labelled by the "
                            "model's top-1), under " + ", ".join(str(d) for d in allowed_image_dirs()),
-                           str(allowed_image_dirs()[0]), key="fs_folder")
-    name = st.text_input("Bank name", "samples", key="fs_bank_name")
+                           first_value("fs_folder", str(allowed_image_dirs()[0])), key="fs_folder")
+    name = st.text_input("Bank name", first_value("fs_bank_name", "samples"), key="fs_bank_name")
     st.button("Build and save", key="fs_build", on_click=st.session_state.__setitem__,
               args=("fs_build_requested", True))
     if not st.session_state.pop("fs_build_requested", False):
@@ -235,14 +243,24 @@ def tuning(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: Pr
 
 
 def _controls(bb, bank: PrototypeBank | None) -> Controls:
-    threshold = st.slider("Display threshold (contour and box; 0 = off)", 0.0, 1.0, 0.0, 0.05, key="fs_threshold")
+    # Defaults through first_value: see there (issue 9 item 13, Streamlit's "default value but also set" warning).
+    threshold = st.slider("Display threshold (contour and box; 0 = off)", 0.0, 1.0, first_value("fs_threshold", 0.0),
+                          0.05, key="fs_threshold")
     threshold_caption = st.empty()
     left, right = st.columns(2)
     left.subheader("LPCAM")
     cols = left.columns(2)
+    lpcam = get_method("lpcam")
+    # Which parameters the chosen rule leaves without effect, from the values of this run (the
+    # rule's widget comes after mu_f and mu_b, but its new value is in Session State already).
+    idle = lpcam.idle_params({p.name: st.session_state[f"fs_lp_{p.name}"] for p in lpcam.params
+                              if f"fs_lp_{p.name}" in st.session_state}, bb)
     lp_params = {p.name: param_input(p, p.name, key=f"fs_lp_{p.name}", container=cols[i % 2],
-                                     slider=p.name in ("k", "tau", "mu_f", "mu_b", "mu_low", "rank"))
-                 for i, p in enumerate(get_method("lpcam").params)}
+                                     slider=p.name in ("k", "tau", "mu_f", "mu_b", "mu_low", "rank"),
+                                     idle=idle.get(p.name))
+                 for i, p in enumerate(lpcam.params)}
+    if idle:
+        left.caption(f"Not used now: {', '.join(idle)}: " + "; ".join(dict.fromkeys(idle.values())) + ".")
     lp_out = left.container()
     right.subheader("SIPE")
     sp_params = {p.name: param_input(p, p.name, key=f"fs_sipe_{p.name}", slider=True, container=right)
@@ -252,17 +270,19 @@ def _controls(bb, bank: PrototypeBank | None) -> Controls:
     e1, e2, e3, e4 = st.columns(4)
     method = e1.radio("Embedding", ["pca", "tsne"], horizontal=True, key="fs_embed",
                       format_func={"pca": "PCA (instant)", "tsne": "t-SNE"}.get)
-    perplexity = e1.slider("Perplexity", 5, 50, 30, key="fs_perplexity", disabled=method != "tsne")
+    perplexity = e1.slider("Perplexity", 5, 50, first_value("fs_perplexity", 30), key="fs_perplexity",
+                           disabled=method != "tsne")
     if bb.fixed_input_size:
         scale = 1.0
         e2.caption(f"Image at 1× only: {bb.name} takes {bb.input_size[0]} px inputs.")
     else:
-        scale = e2.select_slider("Image at", [1.0, 2.0, 3.0, 4.0], 2.0, key="fs_scale",
+        scale = e2.select_slider("Image at", [1.0, 2.0, 3.0, 4.0], first_value("fs_scale", 2.0), key="fs_scale",
                                  format_func={s: f"{s:g}× ({int(bb.input_size[0] * s)} px)"
                                               for s in (1.0, 2.0, 3.0, 4.0)}.__getitem__,
                                  help="A larger copy of the image gives more pixel points (the feature grid grows).")
-    cap = e2.number_input("Most pixel points", 100, 20000, 5000, 100, key="fs_cap")
-    use_bank = e3.toggle("Bank pixels too", value=bank is not None, key="fs_use_bank", disabled=bank is None)
+    cap = e2.number_input("Most pixel points", 100, 20000, first_value("fs_cap", 5000), 100, key="fs_cap")
+    use_bank = e3.toggle("Bank pixels too", value=bool(first_value("fs_use_bank", bank is not None)), key="fs_use_bank",
+                         disabled=bank is None)
     colour_by = e4.selectbox("Colour pixels by", ["CAM", "LPCAM", "Grad-CAM", "SIPE IS-CAM", "SIPE seed", KMEANS],
                              key="fs_colour")
     return Controls(threshold, lp_params, sp_params, method, perplexity, scale, int(cap), use_bank, colour_by,

@@ -201,3 +201,40 @@ def test_sipe_seed_legend_and_prototypes_name_the_classes(page):
     sipe = [o for o in pick.options if o.startswith("SIPE: ")]
     assert f"SIPE: {preds[0]}" in sipe  # (a background prototype only where background was seeded)
     assert not any(o[6:].isdigit() for o in sipe)
+
+
+def test_rule_auto_on_a_1000_class_head_disables_the_softmax_thresholds_and_says_why(page):
+    """Issue 9 item 11: with rule=auto on Lite0 (1000 classes: the rank rule) mu_f and mu_b do
+    nothing, so they are disabled with the reason; the softmax rule enables them."""
+    assert page.slider(key="fs_lp_mu_f").disabled and page.slider(key="fs_lp_mu_b").disabled
+    assert not page.slider(key="fs_lp_rank").disabled
+    assert "rank rule to this 1000-class head" in page.slider(key="fs_lp_mu_f").help
+    assert any(c.value.startswith("Not used now: mu_f, mu_b, mu_low:") for c in page.caption)
+    page.selectbox(key="fs_lp_rule").set_value("softmax").run()
+    assert not page.slider(key="fs_lp_mu_f").disabled and not page.slider(key="fs_lp_mu_b").disabled
+    assert page.slider(key="fs_lp_rank").disabled
+
+
+def test_no_default_value_and_session_state_warning_for_the_pages_widgets(monkeypatch):
+    """Issue 9 item 13: the sidebar re-assigns each page key on every run; a widget also given
+    a default then makes Streamlit log "created with a default value but also had its value
+    set via the Session State API" (seen for fs_threshold). Streamlit logs it once per process:
+    the flag is reset before every check so that each widget is tried."""
+    from streamlit.elements.lib import policies
+
+    warned = []
+    check = policies.check_session_state_rules
+
+    def every_time(*args, **kwargs):
+        monkeypatch.setattr(policies, "_shown_default_value_warning", False)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(policies, "check_session_state_rules", every_time)
+    monkeypatch.setattr(policies._LOGGER, "warning", lambda msg, *args, **kw: warned.append(msg % args))
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.run()
+    at.switch_page("pages/feature_space.py").run()
+    at.slider(key="fs_lp_k").set_value(6).run()
+    at.slider(key="fs_threshold").set_value(0.3).run()
+    assert not at.exception
+    assert not [w for w in warned if 'key "fs_' in w], warned
