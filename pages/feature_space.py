@@ -55,6 +55,32 @@ from pages.common import (
     sidebar,
 )
 
+HOW_TO_READ = """
+**The points.** Each dot is one pixel of the feature map the classifier reads (the features it
+pools), of the image at the chosen size, as an L2-normalised vector: the plot is a map of
+directions, where cosine similarity is what counts.
+
+**Class centres (stars)** are the classifier's weight rows, one per top-5 class. A pixel's CAM for a
+class is the dot product of its feature with that row: the pixels lying towards a star are the ones
+CAM lights up for it. Near-synonym classes (tabby, tiger cat, Egyptian cat) have centres close together.
+
+**LPCAM's prototypes (diamonds).** The class's foreground pixels (CAM above tau) and the rest (the
+context) are clustered apart by K-means. The foreground clusters the classifier still takes for the
+class are the *class prototypes* (filled); context clusters related to the class (water for a boat) are
+the *context prototypes* (open). LPCAM is the similarity to the class prototypes minus that to the context
+prototypes, so it also covers the parts CAM misses. Their pixels come from this image, or from a bank.
+
+**SIPE's seeds (squares).** SIPE seeds a pixel with a class where the pixel's similarity to every other
+pixel overlaps that class's CAM best; the rest is background. A square is the mean feature of one seed
+region (SIPE's own prototype lives in several stages' features; here it is shown in the classifier's).
+
+**Reading distances.** t-SNE keeps neighbourhoods: points close together have similar features. The
+distances between groups, their sizes and densities and the axes mean nothing, and the prototypes are
+placed into a finished map, so where they land is approximate. PCA is a projection on the two directions
+of largest spread: points far apart in it are far apart in feature space, but points close in it need
+not be. For the true similarity, click a star or a prototype: the map beside the plot shows the cosine
+of every pixel to it.
+"""
 THIS_IMAGE = "this image (its own pixels)"
 KMEANS = "K-means cluster (LPCAM)"
 KMEANS_LEGEND = (
@@ -591,6 +617,8 @@ def main() -> None:
     st.title("Feature space")
     st.caption("Where the class centre (the classifier's row) sits among the pixel features, and how "
                "LPCAM's prototypes and SIPE's seeds cover the rest of the object.")
+    with st.expander("How to read this page", expanded=False):
+        st.markdown(HOW_TO_READ)
     if (reason := get_method("cam").refusal(bb)) is not None:  # no class centres to place (issue 13)
         st.info(f"{reason}. This page places pixel features around the classifier's class centres; the Compare "
                 "page offers the methods that apply to this backbone.")

@@ -238,3 +238,14 @@ def test_no_default_value_and_session_state_warning_for_the_pages_widgets(monkey
     at.slider(key="fs_threshold").set_value(0.3).run()
     assert not at.exception
     assert not [w for w in warned if 'key "fs_' in w], warned
+
+
+def test_how_to_read_this_page_is_one_click_away(page):
+    """Issue 9 item 16: a closed expander near the top says what the points, centres,
+    prototypes and seeds are and what t-SNE distances do and do not mean."""
+    guide = next(e for e in page.expander if e.label == "How to read this page")
+    assert not guide.proto.expanded
+    text = " ".join(m.value for m in guide.markdown)
+    for words in ("classifier's weight rows", "class prototypes", "context prototypes", "SIPE seeds",
+                  "t-SNE keeps neighbourhoods", "mean nothing"):
+        assert words in text, words
