@@ -440,26 +440,29 @@ def param_input(p: Param, label: str, key: str, slider: bool = False, container=
     disabled = idle is not None
     help_ = p.help if idle is None else f"{p.help} Not used now: {idle}."
     if p.choices:
-        index = first_value(key, p.choices.index(p.default))
+        index = first_value(key, p.choices.index(p.default), 0)
         return ui.selectbox(label, p.choices, index=index, key=key, help=help_, disabled=disabled)
     if isinstance(p.default, bool):
-        return ui.toggle(label, value=bool(first_value(key, p.default)), key=key, help=help_, disabled=disabled)
+        return ui.toggle(label, value=first_value(key, p.default, False), key=key, help=help_, disabled=disabled)
     if isinstance(p.default, str):
-        return ui.text_input(label, value=first_value(key, p.default), key=key, help=help_, disabled=disabled)
+        return ui.text_input(label, value=first_value(key, p.default, ""), key=key, help=help_, disabled=disabled)
     if slider and p.min is not None and p.max is not None:
         kind = type(p.default)
         return ui.slider(label, kind(p.min), kind(p.max), first_value(key, p.default), kind(p.step or 1), key=key,
                          help=help_, disabled=disabled)
-    return ui.number_input(label, min_value=p.min, max_value=p.max, value=first_value(key, p.default), step=p.step,
-                           key=key, help=help_, disabled=disabled)
+    return ui.number_input(label, min_value=p.min, max_value=p.max, value=first_value(key, p.default, "min"),
+                           step=p.step, key=key, help=help_, disabled=disabled)
 
 
-def first_value(key: str, value):
-    """A widget's default, given only on its first draw. Once the key is in Session State (the
-    sidebar re-assigns every page key on each run, so that it outlives a visit to the other
-    page), a default as well makes Streamlit log "created with a default value but also had its
-    value set via the Session State API"; the state's value is the one shown either way."""
-    return value if key not in st.session_state else None
+def first_value(key: str, value, unset=None):
+    """A widget's default, given only on its first draw; later `unset`, the argument by which
+    that widget means "no default" (None for sliders, 0 for a selectbox's index, False for a
+    toggle, "" for a text input, "min" for a number input: None would make those two
+    clearable). Once the key is in Session State (the sidebar re-assigns every page key on each
+    run, so that it outlives a visit to the other page), a default as well makes Streamlit log
+    "created with a default value but also had its value set via the Session State API"; the
+    state's value is the one shown either way."""
+    return value if key not in st.session_state else unset
 
 
 def layer_help(specs) -> str:

@@ -158,8 +158,8 @@ def bank_panel(ex: Explainer, target: int) -> PrototypeBank | None:
 def _build_bank_form(ex: Explainer) -> None:
     folder = st.text_input("Folder (ImageFolder layout: class = subfolder; or flat: labelled by the "
                            "model's top-1), under " + ", ".join(str(d) for d in allowed_image_dirs()),
-                           first_value("fs_folder", str(allowed_image_dirs()[0])), key="fs_folder")
-    name = st.text_input("Bank name", first_value("fs_bank_name", "samples"), key="fs_bank_name")
+                           first_value("fs_folder", str(allowed_image_dirs()[0]), ""), key="fs_folder")
+    name = st.text_input("Bank name", first_value("fs_bank_name", "samples", ""), key="fs_bank_name")
     st.button("Build and save", key="fs_build", on_click=st.session_state.__setitem__,
               args=("fs_build_requested", True))
     if not st.session_state.pop("fs_build_requested", False):
@@ -306,8 +306,8 @@ def _controls(bb, bank: PrototypeBank | None) -> Controls:
                                  format_func={s: f"{s:g}× ({int(bb.input_size[0] * s)} px)"
                                               for s in (1.0, 2.0, 3.0, 4.0)}.__getitem__,
                                  help="A larger copy of the image gives more pixel points (the feature grid grows).")
-    cap = e2.number_input("Most pixel points", 100, 20000, first_value("fs_cap", 5000), 100, key="fs_cap")
-    use_bank = e3.toggle("Bank pixels too", value=bool(first_value("fs_use_bank", bank is not None)), key="fs_use_bank",
+    cap = e2.number_input("Most pixel points", 100, 20000, first_value("fs_cap", 5000, "min"), 100, key="fs_cap")
+    use_bank = e3.toggle("Bank pixels too", value=first_value("fs_use_bank", bank is not None, False), key="fs_use_bank",
                          disabled=bank is None)
     colour_by = e4.selectbox("Colour pixels by", ["CAM", "LPCAM", "Grad-CAM", "SIPE IS-CAM", "SIPE seed", KMEANS],
                              key="fs_colour")

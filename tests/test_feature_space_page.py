@@ -238,6 +238,10 @@ def test_no_default_value_and_session_state_warning_for_the_pages_widgets(monkey
     at.slider(key="fs_threshold").set_value(0.3).run()
     assert not at.exception
     assert not [w for w in warned if 'key "fs_' in w], warned
+    # ... and no widget became clearable for it (a number input or selectbox drawn without a default)
+    for widget in [*at.number_input, *at.selectbox]:
+        if widget.key and widget.key.startswith("fs_"):
+            assert widget.proto.HasField("default"), widget.key
 
 
 def test_how_to_read_this_page_is_one_click_away(page):
