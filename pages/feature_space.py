@@ -256,13 +256,17 @@ class Computed:
     palette: dict | None  # category -> colour, in legend order; None: values are map values in [0, 1]
 
 
+class NoEmbedding(Exception):
+    """The plot's embedding could not be made (shown as a message; the rest of the page stays)."""
+
+
 @st.fragment
 def tuning(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: PrototypeBank | None) -> None:
     st.session_state["fs_fragment_runs"] = st.session_state.get("fs_fragment_runs", 0) + 1
     controls = _controls(ex.backbone, bank)
     try:
         out = _compute(ex, image, preds, target, bank, controls)
-    except (Cancelled, ValueError) as exc:  # the embedding: t-SNE stopped, or too few points
+    except NoEmbedding as exc:
         st.error(str(exc))
         return
     _render(ex, image, preds, target, controls, out)
@@ -318,7 +322,7 @@ def _controls(bb, bank: PrototypeBank | None) -> Controls:
 def _compute(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: PrototypeBank | None,
              c: Controls) -> Computed:
     """Every map, the point clouds and their embedding (all cached by the explainer or the
-    embedding store). Raises Cancelled or ValueError when the embedding cannot be made."""
+    embedding store). Raises NoEmbedding when the embedding cannot be made."""
     display, _ = downscale_for_display(image.rgb, 480)
     size = display.shape[:2]
     lp = sp = None
@@ -343,7 +347,10 @@ def _compute(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: 
     fwd = ex.forward(image)
     cloud = base_cloud(fwd, [p.index for p in preds], c.scale, bank if c.use_bank else None, target,
                        c.lp_params["tau"], c.cap)
-    emb = get_embedding(cloud, c.method, c.perplexity, c.progress_slot)
+    try:
+        emb = get_embedding(cloud, c.method, c.perplexity, c.progress_slot)
+    except (Cancelled, ValueError) as exc:  # t-SNE stopped, or too few points for it
+        raise NoEmbedding(str(exc)) from exc
     protos = prototype_cloud(lp, sp, fwd)
     placed = emb.place(protos.vectors)
     coords = np.concatenate([emb.coords, placed]) if len(placed) else emb.coords
