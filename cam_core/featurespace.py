@@ -133,7 +133,7 @@ def prototype_cloud(lpcam=None, sipe=None, fwd=None) -> PointCloud:
             if members.any():
                 vectors.append(flat[:, members].mean(dim=1))
                 kinds.append(SIPE_PROTO)
-                labels.append(f"SIPE: {name}")
+                labels.append(f"SIPE: {name if j == 0 else fwd.backbone.short_name(name)}")  # 0: background
     if not vectors:
         return PointCloud(torch.zeros(0, 1), [], [], np.zeros(0, int), np.zeros(0, int), (0, 0), "")
     v = F.normalize(torch.stack([x.float().cpu() for x in vectors]), dim=1)
@@ -200,6 +200,9 @@ def embed(
     tsne = openTSNE.TSNE(perplexity=perplexity, n_jobs=2, random_state=seed, callbacks=callback,
                          callbacks_every_iters=50, metric="cosine", verbose=False)
     emb = tsne.fit(x.astype(np.float32))
+    # openTSNE keeps the callbacks on the embedding and runs them again in every transform():
+    # place() would report progress (and check cancel) of this fit long after it ended.
+    emb.gradient_descent_params["callbacks"] = None
     return Embedding(np.asarray(emb), "tsne", time.perf_counter() - t0, _tsne=emb)
 
 
@@ -208,3 +211,25 @@ def similarity_map(vector: torch.Tensor, features: torch.Tensor) -> torch.Tensor
     c, h, w = features.shape
     f = F.normalize(features.reshape(c, -1).float(), dim=0)
     return (F.normalize(vector.float().to(f.device), dim=0) @ f).reshape(h, w)
+
+
+def spread_labels(points: np.ndarray, widths: np.ndarray, height: float, dx: float = 0.0) -> np.ndarray:
+    """Where to put one text box per point so that no two boxes overlap: (left x, middle y)
+    of each box, in the points' units. A box starts `dx` right of its point, at the point's
+    height; boxes are placed lowest first, each moved up just enough to clear the boxes already
+    placed that it overlaps horizontally (widths[i] wide, `height` tall)."""
+    pos = np.asarray(points, dtype=np.float64).copy()
+    widths = np.asarray(widths, dtype=np.float64)
+    pos[:, 0] += dx
+    placed: list[int] = []
+    for i in np.argsort(pos[:, 1], kind="stable"):
+        moved = True
+        while moved:  # y only grows, to one of finitely many values: this ends
+            moved = False
+            for j in placed:
+                overlaps_x = pos[i, 0] < pos[j, 0] + widths[j] and pos[j, 0] < pos[i, 0] + widths[i]
+                if overlaps_x and abs(pos[i, 1] - pos[j, 1]) < height * (1 - 1e-9):
+                    pos[i, 1] = pos[j, 1] + height
+                    moved = True
+        placed.append(int(i))
+    return pos

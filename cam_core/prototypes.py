@@ -39,6 +39,14 @@ KMEANS_MAX_ITER = 30
 AUTO_SOFTMAX_MAX_CLASSES = 100  # VOC (20) and COCO (80) heads: the paper's rule; ImageNet (1000): rank
 
 
+def resolve_rule(rule: str, num_classes: int) -> str:
+    """The selection rule that `rule` applies to a head of `num_classes` classes: 'auto' is the
+    paper's softmax rule up to AUTO_SOFTMAX_MAX_CLASSES classes, the rank rule beyond."""
+    if rule == "auto":
+        return "softmax" if num_classes <= AUTO_SOFTMAX_MAX_CLASSES else "rank"
+    return rule
+
+
 class BankError(ValueError):
     """A bank that cannot be built, loaded or used with this backbone; meant for the user."""
 
@@ -137,8 +145,10 @@ class PrototypeBank:
         if dim != self.feature_dim:
             raise BankError(f"bank '{self.name}' holds {self.feature_dim}-d features; {backbone.name} has {dim}")
 
-    def describe(self) -> str:
-        counts = ", ".join(f"{c}: {len(cf)} px" for c, cf in sorted(self.classes.items())[:6])
+    def describe(self, name: Callable[[int], str] = str) -> str:
+        """One line: the bank's name, its image count and its classes' pixel counts, each class
+        named by name(class id) (e.g. Backbone.short_name)."""
+        counts = ", ".join(f"{name(c)}: {len(cf)} px" for c, cf in sorted(self.classes.items())[:6])
         more = "" if len(self.classes) <= 6 else f", … ({len(self.classes)} classes)"
         return f"{self.name}: {len(self.images)} images, {counts}{more}"
 
@@ -246,8 +256,7 @@ class PrototypeBank:
         If no centre qualifies, the best one is kept and the note says so."""
         if rule not in SELECTION_RULES:
             raise BankError(f"selection rule must be one of {SELECTION_RULES}, got {rule!r}")
-        if rule == "auto":
-            rule = "softmax" if backbone.num_classes <= AUTO_SOFTMAX_MAX_CLASSES else "rank"
+        rule = resolve_rule(rule, backbone.num_classes)
         fg, bg, ms, n_fg, n_bg = self.clusters(target, k, tau, backbone.device, seed)
         fg_prob = class_probabilities(fg.centers, backbone, target, use_bias)
         bg_prob = class_probabilities(bg.centers, backbone, target, use_bias) if bg else torch.zeros(0)

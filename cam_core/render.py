@@ -7,6 +7,7 @@ recomputes a map.
 
 from __future__ import annotations
 
+import colorsys
 import io
 from dataclasses import dataclass
 
@@ -220,3 +221,24 @@ def resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A label or mask grid to (H, W) without mixing labels."""
     t = torch.from_numpy(np.ascontiguousarray(labels)).float()[None, None]
     return F.interpolate(t, size=size, mode="nearest")[0, 0].numpy().astype(labels.dtype)
+
+
+def group_colours(n_first: int, n_second: int) -> tuple[list[str], list[str]]:
+    """Distinct hex colours for two groups of clusters that never share a colour: the first
+    group's hues from red to yellow-green (0-150 degrees), the second's from cyan to magenta
+    (180-320 degrees), evenly spaced; alternate clusters darker, so neighbours differ more."""
+
+    def spread(n: int, start: float, stop: float) -> list[str]:
+        out = []
+        for i in range(n):
+            hue = start + (stop - start) * i / max(n, 1)
+            r, g, b = colorsys.hsv_to_rgb(hue / 360, 0.85, 0.95 if i % 2 == 0 else 0.65)
+            out.append(f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}")
+        return out
+
+    return spread(n_first, 0.0, 150.0), spread(n_second, 180.0, 320.0)
+
+
+def hex_colour(rgb) -> str:
+    """'#rrggbb' of an (r, g, b) in 0-255."""
+    return "#" + "".join(f"{int(round(float(v))):02x}" for v in rgb)

@@ -26,6 +26,7 @@ from ui.common import (
     drop_stale_choice,
     explain_class,
     grid_png,
+    layer_help,
     page_selection,
     param_input,
     shown_width,
@@ -181,8 +182,7 @@ def method_controls(sel: Selection) -> tuple[dict, list[str], str, dict[str, dic
     with st.expander("Layer and method parameters"):
         layers = sel.backbone.layer_choices()
         layer = st.selectbox("Feature layer", layers, key=f"layer_{sel.backbone.name}",
-                             help="CAM always uses the features the classifier pools; the other methods use this "
-                                  "layer.")
+                             help=layer_help(specs.values()))
         params: dict[str, dict] = {}
         for name in chosen:
             for p in specs[name].params:

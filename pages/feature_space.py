@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import html
 import json
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from cam_core import BankError, Cancelled, PrototypeBank, build_bank, folder_items
+from cam_core import BankError, Cancelled, Explainer, LoadedImage, PrototypeBank, build_bank, folder_items
 from cam_core.featurespace import (
     BANK_BG,
     BANK_FG,
@@ -21,48 +23,78 @@ from cam_core.featurespace import (
     PIXEL,
     PROTOTYPE_KINDS,
     SIPE_PROTO,
+    Embedding,
+    PointCloud,
     base_cloud,
     embed,
     prototype_cloud,
     similarity_map,
+    spread_labels,
 )
 from cam_core.images import ImageError, resolve_under
 from cam_core.methods import get_method
 from cam_core.prototypes import saved_banks
 from cam_core.render import (
+    LABEL_COLOURS,
     downscale_for_display,
+    group_colours,
+    hex_colour,
     highlight,
     label_overlay,
     render_tile,
     resize_nearest,
     to_image_map,
 )
-from ui.common import USER_ERRORS, allowed_image_dirs, bank_dir, drop_stale_choice, page_selection, param_input
+from ui.common import (
+    USER_ERRORS,
+    allowed_image_dirs,
+    bank_dir,
+    drop_stale_choice,
+    first_value,
+    page_selection,
+    param_input,
+)
 
+HOW_TO_READ = """
+**The points.** Each dot is one pixel of the feature map the classifier reads (the features it
+pools), of the image at the chosen size, as an L2-normalised vector: the plot is a map of
+directions, where cosine similarity is what counts.
+
+**Class centres (stars)** are the classifier's weight rows, one per top-5 class. A pixel's CAM for a
+class is the dot product of its feature with that row: the pixels lying towards a star are the ones
+CAM lights up for it. Near-synonym classes (tabby, tiger cat, Egyptian cat) have centres close together.
+
+**LPCAM's prototypes (diamonds).** The class's foreground pixels (CAM above tau) and the rest (the
+context) are clustered apart by K-means. The foreground clusters the classifier still takes for the
+class are the *class prototypes* (filled); context clusters related to the class (water for a boat) are
+the *context prototypes* (open). LPCAM is the similarity to the class prototypes minus that to the context
+prototypes, so it also covers the parts CAM misses. Their pixels come from this image, or from a bank.
+
+**SIPE's seeds (squares).** SIPE seeds a pixel with a class where the pixel's similarity to every other
+pixel overlaps that class's CAM best; the rest is background. A square is the mean feature of one seed
+region (SIPE's own prototype lives in several stages' features; here it is shown in the classifier's).
+
+**Reading distances.** t-SNE keeps neighbourhoods: points close together have similar features. The
+distances between groups, their sizes and densities and the axes mean nothing, and the prototypes are
+placed into a finished map, so where they land is approximate. PCA is a projection on the two directions
+of largest spread: points far apart in it are far apart in feature space, but points close in it need
+not be. For the true similarity, click a star or a prototype: the map beside the plot shows the cosine
+of every pixel to it.
+"""
 THIS_IMAGE = "this image (its own pixels)"
+KMEANS = "K-means cluster (LPCAM)"
+KMEANS_LEGEND = (
+    "K-means of LPCAM: the foreground pixels (CAM > tau) and the context pixels (the rest) are clustered "
+    "apart, K clusters each (numbered as in *Clusters and what the classifier says of them*). Warm colours: "
+    "foreground clusters; cool colours: context clusters. **class k**: a foreground cluster that the "
+    "classifier takes for the class, one of LPCAM's class prototypes; **fg k**: a foreground cluster it "
+    "does not; **context k**: a context cluster that LPCAM subtracts, a context prototype; **bg k**: a "
+    "context cluster it leaves out.")
 BUILD = "build from a folder…"
 MARKERS = {PIXEL: "circle", BANK_FG: "circle-open", BANK_BG: "x-thin-open", CENTRE: "star",
            LP_CLASS: "diamond", LP_CONTEXT: "diamond-open", SIPE_PROTO: "square"}
 KIND_COLOURS = {BANK_FG: "#e377c2", BANK_BG: "#7f7f7f", CENTRE: "#d62728", LP_CLASS: "#2ca02c",
                 LP_CONTEXT: "#9467bd", SIPE_PROTO: "#ff7f0e"}
-
-st.session_state["fs_page_runs"] = st.session_state.get("fs_page_runs", 0) + 1
-sel = page_selection()
-ex, image, bb = sel.explainer, sel.image, sel.backbone
-st.title("Feature space")
-st.caption("Where the class centre (the classifier's row) sits among the pixel features, and how "
-           "LPCAM's prototypes and SIPE's seeds cover the rest of the object.")
-if (reason := get_method("lpcam").refusal(bb)) is not None:  # no class centres to place (issue 13)
-    st.info(f"{reason}. This page places pixel features around the classifier's class centres; the Compare "
-            "page offers the methods that apply to this backbone.")
-    st.stop()
-preds = ex.predict(image, 5)
-drop_stale_choice("fs_target", [p.index for p in preds])
-# format_funcs: a dict's __getitem__, not lambdas of this script (see pages/compare.py: Streamlit keeps every
-# widget's format_func, and a lambda here would keep this run's image and forward pass alive).
-target = st.selectbox("Class", [p.index for p in preds], key="fs_target",
-                      format_func={p.index: f"{bb.short_name(p.index)} ({p.index}) · {p.probability:.1%}"
-                                   for p in preds}.__getitem__)
 
 
 # ----- where LPCAM's class features come from ----------------------------------------------
@@ -75,16 +107,17 @@ def _last_bank_file():
     return bank_dir() / "last.json"
 
 
-def _remember_bank(name: str) -> None:
+def _remember_bank(backbone_name: str, name: str) -> None:
     last = {}
     if _last_bank_file().exists():
         last = json.loads(_last_bank_file().read_text() or "{}")
-    last[bb.name] = name
+    last[backbone_name] = name
     bank_dir().mkdir(parents=True, exist_ok=True)
     _last_bank_file().write_text(json.dumps(last))
 
 
-def bank_panel() -> PrototypeBank | None:
+def bank_panel(ex: Explainer, target: int) -> PrototypeBank | None:
+    bb = ex.backbone
     saved = {p.name: p for p, _ in saved_banks(bank_dir(), bb.name)}
     options = [THIS_IMAGE, *saved, BUILD]
     last = json.loads(_last_bank_file().read_text() or "{}").get(bb.name) if _last_bank_file().exists() else None
@@ -100,27 +133,7 @@ def bank_panel() -> PrototypeBank | None:
         choice = st.selectbox("Bank", options, key=widget_key,
                               help=f"Saved banks of {bb.name} in {bank_dir()}; they are there again on the next start.")
         if choice == BUILD:
-            folder = st.text_input("Folder (ImageFolder layout: class = subfolder; or flat: labelled by the "
-                                   "model's top-1), under " + ", ".join(str(d) for d in allowed_image_dirs()),
-                                   str(allowed_image_dirs()[0]), key="fs_folder")
-            name = st.text_input("Bank name", "samples", key="fs_bank_name")
-            st.button("Build and save", key="fs_build", on_click=st.session_state.__setitem__,
-                      args=("fs_build_requested", True))
-            if st.session_state.pop("fs_build_requested", False):
-                try:
-                    scan = folder_items(resolve_under(folder, allowed_image_dirs()), bb.class_names)
-                    bar = st.progress(0.0, text="reading images…")
-                    st.button("Stop", key="fs_build_stop")  # clicking it interrupts this run
-                    report = build_bank(ex, scan.items, name=name,
-                                        progress=lambda d, t: bar.progress(d / t, text=f"{d}/{t} images"))
-                    path = report.bank.save(bank_dir() / f"{name}.safetensors")
-                    st.session_state["fs_bank_notes"] = [f"skipped {line}" for line in report.skipped] + \
-                        [f"ignored {line}" for line in scan.ignored]
-                    _remember_bank(path.name)
-                    st.session_state["fs_bank_pending"] = path.name
-                    st.rerun()
-                except (ImageError, BankError, Cancelled) as exc:
-                    st.error(str(exc))
+            _build_bank_form(ex)
             return None
         if choice != THIS_IMAGE:
             path = saved[choice]
@@ -131,19 +144,40 @@ def bank_panel() -> PrototypeBank | None:
                 st.error(str(exc))
                 return None
             if last != choice:
-                _remember_bank(choice)
-            st.caption(bank.describe())
+                _remember_bank(bb.name, choice)
+            st.caption(bank.describe(bb.short_name))
             if target not in bank.classes:
                 st.info(f"This bank has no images of {bb.short_name(target)}: LPCAM uses the image's own pixels.")
             return bank
         if last not in (None, THIS_IMAGE):
-            _remember_bank(THIS_IMAGE)
+            _remember_bank(bb.name, THIS_IMAGE)
         st.caption("LPCAM clusters this image's own pixels (source (a) of the paper's recipe).")
     return None
 
 
-bank = bank_panel()
-st.session_state["lpcam_bank"] = bank  # the Compare page's LPCAM uses it too
+def _build_bank_form(ex: Explainer) -> None:
+    folder = st.text_input("Folder (ImageFolder layout: class = subfolder; or flat: labelled by the "
+                           "model's top-1), under " + ", ".join(str(d) for d in allowed_image_dirs()),
+                           first_value("fs_folder", str(allowed_image_dirs()[0]), ""), key="fs_folder")
+    name = st.text_input("Bank name", first_value("fs_bank_name", "samples", ""), key="fs_bank_name")
+    st.button("Build and save", key="fs_build", on_click=st.session_state.__setitem__,
+              args=("fs_build_requested", True))
+    if not st.session_state.pop("fs_build_requested", False):
+        return
+    try:
+        scan = folder_items(resolve_under(folder, allowed_image_dirs()), ex.backbone.class_names)
+        bar = st.progress(0.0, text="reading images…")
+        st.button("Stop", key="fs_build_stop")  # clicking it interrupts this run
+        report = build_bank(ex, scan.items, name=name,
+                            progress=lambda d, t: bar.progress(d / t, text=f"{d}/{t} images"))
+        path = report.bank.save(bank_dir() / f"{name}.safetensors")
+        st.session_state["fs_bank_notes"] = [f"skipped {line}" for line in report.skipped] + \
+            [f"ignored {line}" for line in scan.ignored]
+        _remember_bank(ex.backbone.name, path.name)
+        st.session_state["fs_bank_pending"] = path.name
+        st.rerun()
+    except (ImageError, BankError, Cancelled) as exc:
+        st.error(str(exc))
 
 
 @st.cache_resource(show_spinner=False)
@@ -152,14 +186,17 @@ def embedding_store() -> OrderedDict:
     return OrderedDict()
 
 
-def get_embedding(cloud, method, perplexity):
+def get_embedding(cloud: PointCloud, method: str, perplexity: float, slot) -> Embedding:
+    """The cached embedding of `cloud`; a t-SNE shows its progress in `slot` (an st.empty that
+    the page draws on every run, so that nothing else ever takes the bar's place)."""
     store = embedding_store()
     key = (cloud.key, method, perplexity)
     if key not in store:
-        bar = st.progress(0.0, text="t-SNE…") if method == "tsne" else None
-        store[key] = embed(cloud, method, perplexity, progress=(lambda f: bar.progress(f, text=f"t-SNE {f:.0%}")) if bar else None)
-        if bar is not None:
-            bar.empty()
+        progress = None
+        if method == "tsne":
+            slot.progress(0.0, text="t-SNE…")
+            progress = lambda f: slot.progress(f, text=f"t-SNE {f:.0%}")  # noqa: E731
+        store[key] = embed(cloud, method, perplexity, progress=progress)
         while len(store) > 16:
             store.popitem(last=False)
     return store[key]
@@ -176,21 +213,84 @@ def timed(fn):
 # Inside it: widgets first, then every computation, then the images and the plot. Images sent
 # early make the server thread and the browser busy (GIL and CPU) while the maps compute:
 # measured 10-20x slower K-means and drawing on the 2-core machine.
-@st.fragment
-def tuning() -> None:
-    st.session_state["fs_fragment_runs"] = st.session_state.get("fs_fragment_runs", 0) + 1
-    display, _ = downscale_for_display(image.rgb, 480)
-    size = display.shape[:2]
+@dataclass
+class Controls:
+    """The fragment's widget values, and the places its outputs go above the plot."""
 
-    # 1. widgets
-    threshold = st.slider("Display threshold (contour and box; 0 = off)", 0.0, 1.0, 0.0, 0.05, key="fs_threshold")
+    threshold: float
+    lp_params: dict
+    sp_params: dict
+    method: str
+    perplexity: int
+    scale: float
+    cap: int
+    use_bank: bool
+    colour_by: str
+    threshold_caption: object  # st.empty() under the threshold slider
+    lp_out: object  # LPCAM's column
+    sp_out: object  # SIPE's column
+    progress_slot: object  # st.empty() above the plot: t-SNE's progress bar, then nothing
+
+
+@dataclass
+class Computed:
+    """Everything the fragment draws, computed before any of it is sent."""
+
+    display: np.ndarray
+    lp: object  # CamResult or None (then lp_err says why)
+    lp_ms: float
+    lp_err: str | None
+    sp: object
+    sp_ms: float
+    sp_err: str | None
+    tiles: dict
+    render_ms: float
+    fwd: object
+    cloud: PointCloud
+    emb: Embedding
+    protos: PointCloud
+    coords: np.ndarray
+    kinds: list
+    labels: list
+    values: list
+    palette: dict | None  # category -> colour, in legend order; None: values are map values in [0, 1]
+
+
+class NoEmbedding(Exception):
+    """The plot's embedding could not be made (shown as a message; the rest of the page stays)."""
+
+
+@st.fragment
+def tuning(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: PrototypeBank | None) -> None:
+    st.session_state["fs_fragment_runs"] = st.session_state.get("fs_fragment_runs", 0) + 1
+    controls = _controls(ex.backbone, bank)
+    try:
+        out = _compute(ex, image, preds, target, bank, controls)
+    except NoEmbedding as exc:
+        st.error(str(exc))
+        return
+    _render(ex, image, preds, target, controls, out)
+
+
+def _controls(bb, bank: PrototypeBank | None) -> Controls:
+    # Defaults through first_value: see there (issue 9 item 13, Streamlit's "default value but also set" warning).
+    threshold = st.slider("Display threshold (contour and box; 0 = off)", 0.0, 1.0, first_value("fs_threshold", 0.0),
+                          0.05, key="fs_threshold")
     threshold_caption = st.empty()
     left, right = st.columns(2)
     left.subheader("LPCAM")
     cols = left.columns(2)
+    lpcam = get_method("lpcam")
+    # Which parameters the chosen rule leaves without effect, from the values of this run (the
+    # rule's widget comes after mu_f and mu_b, but its new value is in Session State already).
+    idle = lpcam.idle_params({p.name: st.session_state[f"fs_lp_{p.name}"] for p in lpcam.params
+                              if f"fs_lp_{p.name}" in st.session_state}, bb)
     lp_params = {p.name: param_input(p, p.name, key=f"fs_lp_{p.name}", container=cols[i % 2],
-                                     slider=p.name in ("k", "tau", "mu_f", "mu_b", "mu_low", "rank"))
-                 for i, p in enumerate(get_method("lpcam").params)}
+                                     slider=p.name in ("k", "tau", "mu_f", "mu_b", "mu_low", "rank"),
+                                     idle=idle.get(p.name))
+                 for i, p in enumerate(lpcam.params)}
+    if idle:
+        left.caption(f"Not used now: {', '.join(idle)}: " + "; ".join(dict.fromkeys(idle.values())) + ".")
     lp_out = left.container()
     right.subheader("SIPE")
     sp_params = {p.name: param_input(p, p.name, key=f"fs_sipe_{p.name}", slider=True, container=right)
@@ -200,123 +300,176 @@ def tuning() -> None:
     e1, e2, e3, e4 = st.columns(4)
     method = e1.radio("Embedding", ["pca", "tsne"], horizontal=True, key="fs_embed",
                       format_func={"pca": "PCA (instant)", "tsne": "t-SNE"}.get)
-    perplexity = e1.slider("Perplexity", 5, 50, 30, key="fs_perplexity", disabled=method != "tsne")
+    perplexity = e1.slider("Perplexity", 5, 50, first_value("fs_perplexity", 30), key="fs_perplexity",
+                           disabled=method != "tsne")
     if bb.fixed_input_size:
         scale = 1.0
         e2.caption(f"Image at 1× only: {bb.name} takes {bb.input_size[0]} px inputs.")
     else:
-        scale = e2.select_slider("Image at", [1.0, 2.0, 3.0, 4.0], 2.0, key="fs_scale",
+        scale = e2.select_slider("Image at", [1.0, 2.0, 3.0, 4.0], first_value("fs_scale", 2.0), key="fs_scale",
                                  format_func={s: f"{s:g}× ({int(bb.input_size[0] * s)} px)"
                                               for s in (1.0, 2.0, 3.0, 4.0)}.__getitem__,
                                  help="A larger copy of the image gives more pixel points (the feature grid grows).")
-    cap = e2.number_input("Most pixel points", 100, 20000, 5000, 100, key="fs_cap")
-    use_bank = e3.toggle("Bank pixels too", value=bank is not None, key="fs_use_bank", disabled=bank is None)
-    colour_by = e4.selectbox("Colour pixels by", ["CAM", "LPCAM", "Grad-CAM", "SIPE IS-CAM", "SIPE seed",
-                                                   "K-means cluster (LPCAM)"], key="fs_colour")
+    cap = e2.number_input("Most pixel points", 100, 20000, first_value("fs_cap", 5000, "min"), 100, key="fs_cap")
+    use_bank = e3.toggle("Bank pixels too", value=first_value("fs_use_bank", bank is not None, False), key="fs_use_bank",
+                         disabled=bank is None)
+    colour_by = e4.selectbox("Colour pixels by", ["CAM", "LPCAM", "Grad-CAM", "SIPE IS-CAM", "SIPE seed", KMEANS],
+                             key="fs_colour")
+    return Controls(threshold, lp_params, sp_params, method, perplexity, scale, int(cap), use_bank, colour_by,
+                    threshold_caption, lp_out, sp_out, st.empty())
 
-    # 2. computations (all cached by the explainer or the embedding store)
+
+def _compute(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: PrototypeBank | None,
+             c: Controls) -> Computed:
+    """Every map, the point clouds and their embedding (all cached by the explainer or the
+    embedding store). Raises NoEmbedding when the embedding cannot be made."""
+    display, _ = downscale_for_display(image.rgb, 480)
+    size = display.shape[:2]
     lp = sp = None
+    lp_ms = sp_ms = 0.0
     lp_err = sp_err = None
     try:
-        lp, lp_ms = timed(lambda: ex.compute(image, "lpcam", target, params=lp_params, bank=bank))
+        lp, lp_ms = timed(lambda: ex.compute(image, "lpcam", target, params=c.lp_params, bank=bank))
     except USER_ERRORS as exc:
         lp_err = str(exc)
     try:
-        sp, sp_ms = timed(lambda: ex.compute(image, "sipe", target, params=sp_params))
+        sp, sp_ms = timed(lambda: ex.compute(image, "sipe", target, params=c.sp_params))
     except USER_ERRORS as exc:
         sp_err = str(exc)
     cam = ex.compute(image, "cam", target)
     t0 = time.perf_counter()
-    tiles = {"CAM": render_tile(display, to_image_map(cam.map, size, "max"), 0.5, "jet", threshold)}
+    tiles = {"CAM": render_tile(display, to_image_map(cam.map, size, "max"), 0.5, "jet", c.threshold)}
     if lp is not None:
-        tiles["LPCAM"] = render_tile(display, to_image_map(lp.map, size, "max"), 0.5, "jet", threshold)
+        tiles["LPCAM"] = render_tile(display, to_image_map(lp.map, size, "max"), 0.5, "jet", c.threshold)
     if sp is not None:
-        tiles["IS-CAM"] = render_tile(display, to_image_map(sp.map, size, "max"), 0.5, "jet", threshold)
+        tiles["IS-CAM"] = render_tile(display, to_image_map(sp.map, size, "max"), 0.5, "jet", c.threshold)
     render_ms = (time.perf_counter() - t0) * 1000
     fwd = ex.forward(image)
-    cloud = base_cloud(fwd, [p.index for p in preds], scale, bank if use_bank else None, target,
-                       lp_params["tau"], int(cap))
+    cloud = base_cloud(fwd, [p.index for p in preds], c.scale, bank if c.use_bank else None, target,
+                       c.lp_params["tau"], c.cap)
     try:
-        emb = get_embedding(cloud, method, perplexity)
-    except (Cancelled, ValueError) as exc:
-        st.error(str(exc))
-        return
+        emb = get_embedding(cloud, c.method, c.perplexity, c.progress_slot)
+    except (Cancelled, ValueError) as exc:  # t-SNE stopped, or too few points for it
+        raise NoEmbedding(str(exc)) from exc
     protos = prototype_cloud(lp, sp, fwd)
     placed = emb.place(protos.vectors)
     coords = np.concatenate([emb.coords, placed]) if len(placed) else emb.coords
-    kinds = cloud.kinds + protos.kinds
-    labels = cloud.labels + protos.labels
-    h, w = cloud.grid
-    values, categorical = _pixel_colours(colour_by, cloud, fwd, lp, sp, target, (h, w))
+    values, palette = _pixel_colours(ex, image, c.colour_by, cloud, lp, sp, target)
+    return Computed(display, lp, lp_ms, lp_err, sp, sp_ms, sp_err, tiles, render_ms, fwd, cloud, emb, protos,
+                    coords, cloud.kinds + protos.kinds, cloud.labels + protos.labels, values, palette)
 
-    # 3. output
-    threshold_caption.caption(f"Threshold: drawing the tiles took {render_ms:.1f} ms")
-    with lp_out:
-        if lp is None:
-            st.error(lp_err)
-        else:
-            sel_ = lp.extras["selection"]
-            st.caption(f"LPCAM: {lp.ms:.0f} ms to compute (K-means of it: {sel_.kmeans_ms:.0f} ms, only "
-                       f"when K or tau change); this run {lp_ms:.0f} ms · {sel_.n_fg} foreground / {sel_.n_bg} "
-                       f"context pixels · {lp.note}")
-            c1, c2 = st.columns(2)
-            c1.image(tiles["CAM"], caption="CAM", width="stretch")
-            c2.image(tiles["LPCAM"], caption="LPCAM", width="stretch")
-            with st.expander("Clusters and what the classifier says of them"):
-                st.dataframe(_cluster_rows(sel_), hide_index=True, width="stretch")
-    with sp_out:
-        if sp is None:
-            st.error(sp_err)
-        else:
-            seeds = sp.extras["seeds"].cpu().numpy()
-            names = ["background"] + [bb.short_name(c) for c in sp.extras["labels"][1:]]
-            share = ", ".join(f"{n}: {(seeds == j).mean():.0%}" for j, n in enumerate(names))
-            st.caption(f"SIPE: {sp.ms:.0f} ms to compute; this run {sp_ms:.0f} ms · seeds {share}")
-            c1, c2 = st.columns(2)
-            c1.image(label_overlay(display, resize_nearest(seeds, size)), width="stretch",
-                     caption="seeds (tinted: the image's classes; clear: background)")
-            c2.image(tiles["IS-CAM"], caption="IS-CAM", width="stretch")
 
-    fig = _figure(coords, kinds, labels, cloud, values, categorical, colour_by)
-    fig.update_layout(title_y=0.97, title=f"{method.upper()} of {len(cloud)} points (+{len(protos)} prototypes placed) · "
-                      f"computed in {emb.seconds:.1f} s, cached")
+def _render(ex: Explainer, image: LoadedImage, preds: list, target: int, c: Controls, out: Computed) -> None:
+    c.threshold_caption.caption(f"Threshold: drawing the tiles took {out.render_ms:.1f} ms")
+    c.progress_slot.empty()
+    with c.lp_out:
+        _lpcam_panel(out)
+    with c.sp_out:
+        _sipe_panel(ex.backbone, out)
+    fig = _figure(out.coords, out.kinds, out.labels, out.cloud, out.values, out.palette, c.colour_by, image.size)
+    # A short title: the plot column is ~600 px wide at a 1280 px window; the rest goes in a caption.
+    fig.update_layout(title_y=0.97, title=f"{c.method.upper()} of {len(out.cloud)} points + {len(out.protos)} "
+                      "prototypes")
     plot_col, view_col = st.columns([3, 2])
     with plot_col:
         event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="fs_plot",
                                 width="stretch")
-    chosen = _selected_indices(event)
-    # Also a list: a click on a small marker is easy to miss, and a list works by keyboard.
-    pickable = [i for i, k in enumerate(kinds) if k == CENTRE or k in PROTOTYPE_KINDS]
-    # base_cloud puts the centres of `preds` in their order; the target is one of them.
-    centre_of_target = int(cloud.indices(CENTRE)[[p.index for p in preds].index(target)])
+        st.caption(f"{c.method.upper()} of the pixels and centres computed in {out.emb.seconds:.1f} s (cached); "
+                   f"the {len(out.protos)} prototypes placed into it.")
+        if c.colour_by == KMEANS and out.palette is not None:
+            st.caption(KMEANS_LEGEND)
     with view_col:
-        if pickable:
-            picked = st.selectbox("Similarity map of", pickable, index=pickable.index(centre_of_target),
-                                  format_func={i: labels[i] for i in pickable}.__getitem__,
-                                  key=f"fs_sim_{cloud.key}_{protos.key}",
-                                  help="Or click a centre or prototype in the plot; select pixels to locate them.")
-        sel_pixels = [i for i in chosen if kinds[i] == PIXEL]
-        others = [i for i in chosen if kinds[i] != PIXEL]
-        if sel_pixels:
-            mask = np.zeros((h, w), bool)
-            mask[cloud.rows[sel_pixels], cloud.cols[sel_pixels]] = True
-            st.image(highlight(display, resize_nearest(mask, size)), width="stretch",
-                     caption=f"{len(sel_pixels)} selected pixel(s) of the {h}×{w} feature grid")
-        elif others or pickable:
-            i = others[0] if others else picked
-            vec = cloud.vectors[i] if i < len(cloud) else protos.vectors[i - len(cloud)]
-            feats = fwd.head_features if scale == 1.0 else fwd.features_at(scale)
-            sim = similarity_map(vec, feats)
-            st.image(render_tile(display, to_image_map(sim, size, "minmax"), 0.55, "jet", threshold or None),
-                     width="stretch", caption=f"cosine similarity of every pixel to {labels[i]} "
-                     f"(range {float(sim.min()):.2f} … {float(sim.max()):.2f})")
-        else:
-            st.image(display, width="stretch",
-                     caption="Select pixels (lasso, box or click) to see where they are; click a centre or a "
-                     "prototype to see its similarity map.")
+        _selection_view(out, preds, target, c.scale, c.threshold, _selected_indices(event))
     with st.expander("Diagnostics"):
         st.caption(f"page runs: {st.session_state['fs_page_runs']} · fragment runs: "
                    f"{st.session_state['fs_fragment_runs']} · explainer: {dict(ex.stats)}")
+
+
+def _lpcam_panel(out: Computed) -> None:
+    if out.lp is None:
+        st.error(out.lp_err)
+        return
+    lp = out.lp
+    sel_ = lp.extras["selection"]
+    st.caption(f"LPCAM: {lp.ms:.0f} ms to compute (K-means of it: {sel_.kmeans_ms:.0f} ms, only "
+               f"when K or tau change); this run {out.lp_ms:.0f} ms · {sel_.n_fg} foreground / {sel_.n_bg} "
+               f"context pixels · {lp.note}")
+    c1, c2 = st.columns(2)
+    c1.image(out.tiles["CAM"], caption="CAM", width="stretch")
+    c2.image(out.tiles["LPCAM"], caption="LPCAM", width="stretch")
+    with st.expander("Clusters and what the classifier says of them"):
+        st.dataframe(_cluster_rows(sel_), hide_index=True, width="stretch")
+
+
+def _sipe_panel(bb, out: Computed) -> None:
+    if out.sp is None:
+        st.error(out.sp_err)
+        return
+    sp = out.sp
+    size = out.display.shape[:2]
+    seeds = sp.extras["seeds"].cpu().numpy()
+    names = _seed_names(bb, sp)
+    share = ", ".join(f"{n}: {(seeds == j).mean():.0%}" for j, n in enumerate(names))
+    st.caption(f"SIPE: {sp.ms:.0f} ms to compute; this run {out.sp_ms:.0f} ms · seeds {share}")
+    c1, c2 = st.columns(2)
+    c1.image(label_overlay(out.display, resize_nearest(seeds, size)), width="stretch",
+             caption="seeds (tinted: the image's classes; clear: background)")
+    c1.html(_legend_html(names[1:], _seed_colours(len(names))[1:]))
+    c2.image(out.tiles["IS-CAM"], caption="IS-CAM", width="stretch")
+
+
+def _legend_html(names: list[str], colours: list[str]) -> str:
+    """A one-line legend: a colour swatch before each name (names escaped: a checkpoint's class
+    names file is the user's text)."""
+    items = "".join(f'<span style="margin-right:0.8em;white-space:nowrap"><span style="color:{c}">■</span> '
+                    f"{html.escape(n)}</span>" for n, c in zip(names, colours))
+    return f'<div style="font-size:0.85em">{items}</div>'
+
+
+def _selection_view(out: Computed, preds: list, target: int, scale: float, threshold: float,
+                    chosen: list[int]) -> None:
+    """Right of the plot: where the selected pixels are, or the similarity map of a centre or
+    prototype (clicked in the plot, or picked in the list: the latest of the two)."""
+    cloud, protos, kinds, labels, display = out.cloud, out.protos, out.kinds, out.labels, out.display
+    size = display.shape[:2]
+    h, w = cloud.grid
+    # Also a list: a click on a small marker is easy to miss, and a list works by keyboard.
+    pickable = [i for i, k in enumerate(kinds) if k == CENTRE or k in PROTOTYPE_KINDS]
+    chosen = [i for i in chosen if 0 <= i < len(kinds)]  # a selection made on an earlier figure
+    sel_pixels = [i for i in chosen if kinds[i] == PIXEL]
+    clicked = [i for i in chosen if kinds[i] != PIXEL]
+    list_key = f"fs_sim_{cloud.key}_{protos.key}"
+    # A new click on a centre or prototype moves the list to it (before the list is drawn);
+    # the same selection seen again on a later rerun does not, so a later list choice wins.
+    if clicked != st.session_state.get("fs_clicked_seen"):
+        st.session_state["fs_clicked_seen"] = clicked
+        if clicked and clicked[0] in pickable:
+            st.session_state[list_key] = clicked[0]
+    if list_key not in st.session_state or st.session_state[list_key] not in pickable:
+        # base_cloud puts the centres of `preds` in their order; the target is one of them.
+        st.session_state[list_key] = int(cloud.indices(CENTRE)[[p.index for p in preds].index(target)])
+    if pickable:
+        picked = st.selectbox("Similarity map of", pickable, key=list_key,
+                              format_func={i: labels[i] for i in pickable}.__getitem__,
+                              help="Or click a centre or prototype in the plot; pick the lasso or box tool "
+                                   "above the plot to select pixels and locate them.")
+    if sel_pixels:
+        mask = np.zeros((h, w), bool)
+        mask[cloud.rows[sel_pixels], cloud.cols[sel_pixels]] = True
+        st.image(highlight(display, resize_nearest(mask, size)), width="stretch",
+                 caption=f"{len(sel_pixels)} selected pixel(s) of the {h}×{w} feature grid")
+    elif pickable:
+        i = picked
+        vec = cloud.vectors[i] if i < len(cloud) else protos.vectors[i - len(cloud)]
+        feats = out.fwd.head_features if scale == 1.0 else out.fwd.features_at(scale)
+        sim = similarity_map(vec, feats)
+        st.image(render_tile(display, to_image_map(sim, size, "minmax"), 0.55, "jet", threshold or None),
+                 width="stretch", caption=f"cosine similarity of every pixel to {labels[i]} "
+                 f"(range {float(sim.min()):.2f} … {float(sim.max()):.2f})")
+    else:
+        st.image(display, width="stretch",
+                 caption="Click pixels, or pick the lasso or box tool above the plot, to see where they are; "
+                 "click a centre or a prototype to see its similarity map.")
 
 
 def _cluster_rows(sel_) -> list[dict]:
@@ -331,7 +484,9 @@ def _cluster_rows(sel_) -> list[dict]:
     return rows
 
 
-def _figure(coords, kinds, labels, cloud, values, categorical, colour_by) -> go.Figure:
+def _figure(coords, kinds, labels, cloud, values, palette, colour_by, image_size) -> go.Figure:
+    """The scatter of every point; image_size (height, width) turns a pixel's grid cell into
+    image coordinates for its hover text."""
     h, w = cloud.grid
     fig = go.Figure()
     for kind in [PIXEL, BANK_FG, BANK_BG, CENTRE, LP_CLASS, LP_CONTEXT, SIPE_PROTO]:
@@ -341,14 +496,16 @@ def _figure(coords, kinds, labels, cloud, values, categorical, colour_by) -> go.
         xy = coords[idx]
         if kind == PIXEL:
             rr, cc = cloud.rows[idx], cloud.cols[idx]
-            hover = [f"{labels[i]}<br>image x≈{(c + .5) * image.size[1] / w:.0f}, y≈{(r + .5) * image.size[0] / h:.0f}"
+            hover = [f"{labels[i]}<br>image x≈{(c + .5) * image_size[1] / w:.0f}, y≈{(r + .5) * image_size[0] / h:.0f}"
                      f"<br>{colour_by}: {v}" for i, r, c, v in zip(idx, rr, cc, values)]
             marker = dict(size=6, symbol="circle", line=dict(width=0))
-            if categorical:
-                for cat in sorted(set(values)):
+            if palette is not None:
+                for cat, colour in palette.items():
                     sub = [j for j, v in enumerate(values) if v == cat]
+                    if not sub:
+                        continue
                     fig.add_trace(go.Scatter(x=xy[sub, 0], y=xy[sub, 1], mode="markers", name=f"pixel: {cat}",
-                                             marker=marker, customdata=[idx[j] for j in sub],
+                                             marker={**marker, "color": colour}, customdata=[idx[j] for j in sub],
                                              hovertext=[hover[j] for j in sub], hoverinfo="text"))
                 continue
             marker.update(color=values, colorscale="Jet", cmin=0, cmax=1, colorbar=dict(title=colour_by, len=0.6))
@@ -357,14 +514,50 @@ def _figure(coords, kinds, labels, cloud, values, categorical, colour_by) -> go.
         else:
             big = kind not in (BANK_FG, BANK_BG)
             fig.add_trace(go.Scatter(
-                x=xy[:, 0], y=xy[:, 1], mode="markers+text" if kind == CENTRE else "markers", name=kind,
+                x=xy[:, 0], y=xy[:, 1], mode="markers", name=kind,
                 marker=dict(size=15 if big else 5, symbol=MARKERS[kind], color=KIND_COLOURS[kind],
                             line=dict(width=1, color="black") if big else None),
-                text=[labels[i].removeprefix("centre: ") for i in idx] if kind == CENTRE else None,
-                textposition="top center", customdata=idx, hovertext=[labels[i] for i in idx], hoverinfo="text"))
-    fig.update_layout(height=560, margin=dict(l=10, r=10, t=70, b=10), dragmode="lasso", clickmode="event+select",
-                      legend=dict(orientation="h", y=-0.08))
+                customdata=idx, hovertext=[labels[i] for i in idx], hoverinfo="text"))
+    centres = [i for i, k in enumerate(kinds) if k == CENTRE]
+    annotations, x_range, y_range = _centre_labels(coords, coords[centres],
+                                                   [labels[i].removeprefix("centre: ") for i in centres])
+    # No dragmode of select or lasso by default: Streamlit's chart then sets clickmode 'event' (a click
+    # selects nothing, issue 9 item 2); with pan it sets 'event+select'. Lasso and box are in the modebar.
+    fig.update_layout(height=PLOT_HEIGHT, margin=dict(l=10, r=10, t=40, b=10), dragmode="pan",
+                      legend=dict(orientation="h", y=-0.08), annotations=annotations,
+                      xaxis=dict(range=x_range), yaxis=dict(range=y_range))
     return fig
+
+
+PLOT_HEIGHT = 560
+# For placing the centres' labels: the plot area's smallest expected size (the plot column at a
+# 1280 px window, less the legend and colour bar) and the size of a 12 px label. A wider plot
+# only leaves more room between labels.
+PLOT_AREA_PX = (430.0, 380.0)
+LABEL_CHAR_PX, LABEL_LINE_PX, LABEL_DX_PX = 7.0, 17.0, 14.0
+
+
+def _centre_labels(coords: np.ndarray, anchors: np.ndarray, texts: list[str]):
+    """Annotations naming the class centres, stacked where they would overlap (near-synonym
+    centres sit on one spot), and the axis ranges that hold every point and label (a label
+    past the axis range is clipped)."""
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    span = np.maximum(hi - lo, 1e-9)
+    lo, hi = lo - 0.05 * span, hi + 0.05 * span
+    area = np.array(PLOT_AREA_PX)
+    widths = np.array([len(t) * LABEL_CHAR_PX for t in texts])
+    pos = anchors
+    for _ in range(2):  # the ranges grow to hold the labels, which shrinks the scale: place again
+        scale = area / (hi - lo)  # px per data unit
+        pos = spread_labels((anchors - lo) * scale, widths, LABEL_LINE_PX, LABEL_DX_PX) / scale + lo
+        if len(texts):
+            hi = np.maximum(hi, [pos[:, 0].max(), pos[:, 1].max()] + np.array([widths.max(), LABEL_LINE_PX]) / scale)
+            lo = np.minimum(lo, pos.min(axis=0) - np.array([0.0, LABEL_LINE_PX]) / scale)
+    annotations = [dict(x=float(a[0]), y=float(a[1]), ax=float(p[0]), ay=float(p[1]), axref="x", ayref="y",
+                        text=t, xanchor="left", yanchor="middle", showarrow=True, arrowhead=0, arrowwidth=1,
+                        arrowcolor="#555", font=dict(size=12), bgcolor="rgba(255,255,255,0.75)")
+                   for a, p, t in zip(anchors, pos, texts)]
+    return annotations, [float(lo[0]), float(hi[0])], [float(lo[1]), float(hi[1])]
 
 
 def _selected_indices(event) -> list[int]:
@@ -382,28 +575,71 @@ def _selected_indices(event) -> list[int]:
     return out
 
 
-def _pixel_colours(colour_by, cloud, fwd, lp, sp, target, grid):
-    """One value per pixel point: a map value in [0, 1] or a category name."""
+def _seed_names(bb, sp) -> list[str]:
+    """SIPE's seed labels by name: 0 = background, then the image's classes."""
+    return ["background"] + [bb.short_name(c) for c in sp.extras["labels"][1:]]
+
+
+def _seed_colours(n: int) -> list[str]:
+    """The seed overlay's colours (render.label_overlay) as hex; the background, left untinted
+    there, grey."""
+    return ["#9e9e9e"] + [hex_colour(LABEL_COLOURS[min(j, len(LABEL_COLOURS) - 1)]) for j in range(1, n)]
+
+
+def _pixel_colours(ex: Explainer, image: LoadedImage, colour_by: str, cloud: PointCloud, lp, sp, target: int):
+    """One value per pixel point, and the palette: map values in [0, 1] (palette None), or
+    category names with the palette {category: colour} in legend order."""
+    bb = ex.backbone
+    grid = cloud.grid
     idx = cloud.indices(PIXEL)
     rr, cc = cloud.rows[idx], cloud.cols[idx]
     if colour_by == "SIPE seed" and sp is not None:
         seeds = resize_nearest(sp.extras["seeds"].cpu().numpy(), grid)
-        names = ["background"] + [bb.short_name(c) for c in sp.extras["labels"][1:]]
-        return [names[int(s)] for s in seeds[rr, cc]], True
-    if colour_by == "K-means cluster (LPCAM)" and lp is not None:
+        names = _seed_names(bb, sp)
+        return [names[int(s)] for s in seeds[rr, cc]], dict(zip(names, _seed_colours(len(names))))
+    if colour_by == KMEANS and lp is not None:
         sel_ = lp.extras["selection"]
-        centres = [("class" if sel_.fg_selected[i] else "fg") + f" {i}" for i in range(len(sel_.fg_prob))]
+        n_bg = len(sel_.bg_prob) if sel_.bg is not None else 0
+        fg_colours, bg_colours = group_colours(len(sel_.fg_prob), n_bg)
+        palette = {("class" if sel_.fg_selected[i] else "fg") + f" {i}": fg_colours[i] for i in range(len(fg_colours))}
         vecs = [sel_.fg.centers]
-        if sel_.bg is not None:
-            centres += [("context" if sel_.bg_selected[i] else "bg") + f" {i}" for i in range(len(sel_.bg_prob))]
+        if n_bg:
+            palette.update({("context" if sel_.bg_selected[i] else "bg") + f" {i}": bg_colours[i]
+                            for i in range(n_bg)})
             vecs.append(sel_.bg.centers)
+        names = list(palette)
         c = torch.nn.functional.normalize(torch.cat(vecs).float().cpu(), dim=1)
         nearest = (cloud.vectors[idx] @ c.T).argmax(dim=1).tolist()
-        return [centres[j] for j in nearest], True
+        return [names[j] for j in nearest], palette
     source = {"CAM": "cam", "LPCAM": "lpcam", "Grad-CAM": "gradcam", "SIPE IS-CAM": "sipe"}.get(colour_by, "cam")
     res = {"lpcam": lp, "sipe": sp}.get(source) or ex.compute(image, source, target)
     m = to_image_map(res.map, grid, "max")
-    return [round(float(v), 3) for v in m[rr, cc]], False
+    return [round(float(v), 3) for v in m[rr, cc]], None
 
 
-tuning()
+def main() -> None:
+    st.session_state["fs_page_runs"] = st.session_state.get("fs_page_runs", 0) + 1
+    sel = page_selection()
+    ex, image, bb = sel.explainer, sel.image, sel.backbone
+    st.title("Feature space")
+    st.caption("Where the class centre (the classifier's row) sits among the pixel features, and how "
+               "LPCAM's prototypes and SIPE's seeds cover the rest of the object.")
+    with st.expander("How to read this page", expanded=False):
+        st.markdown(HOW_TO_READ)
+    if (reason := get_method("lpcam").refusal(bb)) is not None:  # no class centres to place (issue 13)
+        st.info(f"{reason}. This page places pixel features around the classifier's class centres; the Compare "
+                "page offers the methods that apply to this backbone.")
+        st.stop()
+    preds = ex.predict(image, 5)
+    drop_stale_choice("fs_target", [p.index for p in preds])
+    # format_funcs: a dict's __getitem__, not lambdas of this script (see pages/compare.py: Streamlit keeps every
+    # widget's format_func, and a lambda here would keep this run's image and forward pass alive).
+    target = st.selectbox("Class", [p.index for p in preds], key="fs_target",
+                          format_func={p.index: f"{bb.short_name(p.index)} ({p.index}) · {p.probability:.1%}"
+                                       for p in preds}.__getitem__)
+    bank = bank_panel(ex, target)
+    st.session_state["lpcam_bank"] = bank  # the Compare page's LPCAM uses it too
+    tuning(ex, image, preds, target, bank)
+
+
+main()

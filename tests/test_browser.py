@@ -71,8 +71,8 @@ def browser():
 def _runs(page):
     """(page runs, fragment runs) from the page's Diagnostics caption."""
     caption = page.get_by_text(re.compile(r"page runs: \d+ · fragment runs: \d+")).last
-    caption.wait_for(state="visible", timeout=30_000)
-    found = re.search(r"page runs: (\d+) · fragment runs: (\d+)", caption.inner_text())
+    caption.wait_for(state="attached", timeout=30_000)  # read even while the expander is closed
+    found = re.search(r"page runs: (\d+) · fragment runs: (\d+)", caption.text_content())
     return int(found.group(1)), int(found.group(2))
 
 
@@ -181,4 +181,109 @@ def test_a_running_indicator_during_every_run_and_a_global_stop(served_app, brow
     expect(main.get_by_role("button", name="Run it")).to_have_count(main.get_by_text("Stopped.").count())
     expect(main.get_by_text(re.compile(r" ms · grid "))).to_have_count(5)  # the fast tiles only
     expect(sidebar.get_by_text("Working…")).to_have_count(0, timeout=60_000)
+
+
+def _click_marker(page, trace_name: str, which: int = -1) -> str:
+    """Click one marker of the feature plot's trace named `trace_name`; returns its hover text."""
+    plot = page.locator("[data-testid='stPlotlyChart']").first
+    plot.scroll_into_view_if_needed()
+    index, label = page.evaluate(
+        """([name, which]) => {
+            const gd = document.querySelector("[data-testid='stPlotlyChart'] .js-plotly-plot");
+            const t = gd.data.findIndex(d => d.name === name);
+            const texts = gd.data[t].hovertext;
+            return [t, texts[(which + texts.length) % texts.length]];
+        }""", [trace_name, which])
+    points = plot.locator("g.trace.scatter").nth(index).locator("path.point")
+    box = points.nth(which % points.count()).bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    return label
+
+
+def test_clicking_a_class_centre_shows_its_similarity_map(served_app, browser):
+    """Issue 9 item 2: a click on a centre marker selects it (Streamlit's chart drops click
+    selection while the drag mode is lasso or box) and the map beside the plot follows it."""
+    from playwright.sync_api import expect
+
+    from cam_core.featurespace import CENTRE
+
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(served_app + "/feature_space")
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_text("Diagnostics").wait_for(timeout=180_000)
+    caption = main.get_by_text(re.compile(r"^cosine similarity of every pixel to centre: "))
+    expect(caption).to_have_count(1, timeout=60_000)
+    first = caption.inner_text()
+    label = _click_marker(page, CENTRE)  # the last centre: the 5th prediction, not the target
+    assert label not in first
+    expect(main.get_by_text(f"cosine similarity of every pixel to {label} (")).to_have_count(1, timeout=60_000)
+    page.close()
+
+
+def _wait_for_fragment_run(page, after: int) -> None:
+    """Until the Diagnostics caption (the fragment's last element) reports a run after `after`."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text(re.compile(rf"fragment runs: {after + 1}\b"))).to_have_count(1, timeout=240_000)
+
+
+def test_no_tsne_progress_bar_stays_after_a_recompute(served_app, browser):
+    """Issue 9 item 4: after a t-SNE recompute (perplexity, class) no 't-SNE 100%' bar stays."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(served_app + "/feature_space")
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_text("Diagnostics").wait_for(timeout=180_000)
+    main.get_by_text("Diagnostics").click()
+    bars = main.locator("[data-testid='stProgress']")
+    _, runs = _runs(page)
+    main.get_by_text("t-SNE", exact=True).click()
+    _wait_for_fragment_run(page, runs)
+    for _ in range(2):  # the first recompute with a bar of an earlier t-SNE in the store, then another
+        _, runs = _runs(page)
+        page.locator("input[aria-label='Perplexity']").focus()
+        page.keyboard.press("ArrowLeft")
+        _wait_for_fragment_run(page, runs)
+        expect(bars).to_have_count(0, timeout=5_000)
+    page_runs, runs = _runs(page)
+    classes = main.get_by_role("combobox", name="Class", exact=True)
+    classes.scroll_into_view_if_needed()  # clicked while scrolled in by the click itself, it stays closed
+    classes.click()
+    page.get_by_role("option").nth(1).click()
+    expect(page.get_by_text(re.compile(rf"page runs: {page_runs + 1} · "))).to_have_count(1, timeout=240_000)
+    expect(bars).to_have_count(0, timeout=5_000)
+    page.close()
+
+
+def test_feature_plot_labels_and_title_fit_at_1280_px(served_app, browser):
+    """Issue 9 item 7: the class-centre labels (near-synonyms: tiger cat, tabby, Egyptian cat,
+    lynx) do not overlap and lie inside the plot area; the title is not cut at a 1280 px window."""
+    from cam_core.featurespace import CENTRE
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(served_app + "/feature_space")
+    page.locator("[data-testid='stMain']").get_by_text("Diagnostics").wait_for(timeout=180_000)
+    plot = page.locator("[data-testid='stPlotlyChart']").first
+    plot.scroll_into_view_if_needed()
+    page.wait_for_timeout(1000)  # the chart's last resize to its column
+    found = page.evaluate(
+        """(centre) => {
+            const gd = document.querySelector("[data-testid='stPlotlyChart'] .js-plotly-plot");
+            const names = gd.data.find(d => d.name === centre).hovertext.map(t => t.replace(/^centre: /, ""));
+            const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+            const labels = [...gd.querySelectorAll("text")].filter(t => names.includes(t.textContent)).map(box);
+            return {names, labels, area: box(gd.querySelector(".nsewdrag")), svg: box(gd.querySelector("svg.main-svg")),
+                    title: box(gd.querySelector(".gtitle"))};
+        }""", CENTRE)
+    assert len(found["labels"]) == len(found["names"]) == 5
+    left, top, right, bottom = found["area"]
+    for x0, y0, x1, y1 in found["labels"]:
+        assert left <= x0 and x1 <= right + 1 and top - 1 <= y0 and y1 <= bottom + 1, (found["labels"], found["area"])
+    boxes = found["labels"]
+    for i, a in enumerate(boxes):
+        for b in boxes[:i]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] + 1 or b[3] <= a[1] + 1, (a, b)
+    assert found["svg"][0] <= found["title"][0] and found["title"][2] <= found["svg"][2]
     page.close()

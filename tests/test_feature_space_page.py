@@ -3,8 +3,11 @@ a fragment, so these tests prove the caching half of "a slider reruns only what 
 it" (no forward pass, no other method); the fragment half is checked in the real browser
 (tests/test_browser.py), where the page's own run counters are visible."""
 
+import json
+
 import pytest
 from helpers import ROOT
+from streamlit.proto.PlotlyChart_pb2 import PlotlyChart
 from streamlit.testing.v1 import AppTest
 
 APP = str(ROOT / "app.py")
@@ -122,3 +125,131 @@ def test_controls_survive_a_visit_to_the_other_page():
     at.switch_page("pages/feature_space.py").run()
     assert at.slider(key="fs_lp_k").value == 7
     assert not at.exception
+
+
+def _plot(at):
+    """The feature plot's proto and its figure (the Plotly JSON the browser draws)."""
+    proto = at.get("plotly_chart")[0].proto
+    return proto, json.loads(proto.spec)
+
+
+def _select_in_plot(at, indices):
+    """Rerun as the browser does after a click or a lasso in the plot: the chart's selection
+    state carries each selected point's customdata (its index in the page's point list).
+    AppTest has no Plotly element, so the state is added to the widget states by hand."""
+    proto, _ = _plot(at)
+    states = at._tree.get_widget_states()
+    state = states.widgets.add()
+    state.id = proto.id
+    state.string_value = json.dumps({"selection": {"points": [{"customdata": i} for i in indices],
+                                                   "point_indices": list(indices), "box": [], "lasso": []}})
+    at._run(states)
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_a_click_on_a_marker_selects_it(page):
+    """Issue 9 item 2: Streamlit's chart sets clickmode 'event' (a click selects nothing) while
+    the figure's drag mode is lasso or box; the page must leave a mode in which a click selects."""
+    proto, fig = _plot(page)
+    assert PlotlyChart.SelectionMode.POINTS in proto.selection_mode
+    assert fig["layout"].get("dragmode") not in ("select", "lasso")
+    assert "select" in fig["layout"].get("clickmode", "event+select")
+
+
+def test_clicked_centre_drives_the_similarity_map_then_the_list_wins(page):
+    _, fig = _plot(page)
+    centres = next(t for t in fig["data"] if t["name"].startswith("class centre"))
+    index, label = centres["customdata"][-1], centres["hovertext"][-1]  # the 5th prediction's centre
+    _select_in_plot(page, [index])
+    pick = next(s for s in page.selectbox if s.label == "Similarity map of")
+    assert pick.value == index  # the list follows the click
+    assert _image_captions(page, f"cosine similarity of every pixel to {label} (")
+    proto = next(o for o in pick.options if "prototype" in o)
+    pick.set_value(proto)
+    _select_in_plot(page, [index])  # the same selection again: the list's new choice wins
+    assert _image_captions(page, "cosine similarity of every pixel to class prototype")
+
+
+def test_kmeans_colours_keep_foreground_and_context_clusters_apart_and_say_which_is_which(page):
+    """Issue 9 item 10: colouring pixels by K-means cluster, fg/class clusters and bg/context
+    clusters never share a colour (Plotly's colourway repeats every 10 traces), and a legend
+    caption says what class, fg, context and bg clusters are."""
+    page.selectbox(key="fs_colour").set_value("K-means cluster (LPCAM)").run()
+    _, fig = _plot(page)
+    colours = {}
+    for trace in fig["data"]:
+        if trace["name"].startswith("pixel: "):
+            group = trace["name"].split()[1]
+            colours.setdefault("fg" if group in ("class", "fg") else "bg", []).append(trace["marker"].get("color"))
+    assert set(colours) == {"fg", "bg"}
+    assert None not in colours["fg"] + colours["bg"]
+    assert not set(colours["fg"]) & set(colours["bg"])
+    legend = " ".join(c.value for c in page.caption)
+    for word in ("**class k**", "**fg k**", "**context k**", "**bg k**"):
+        assert word in legend
+
+
+def test_sipe_seed_legend_and_prototypes_name_the_classes(page):
+    """Issue 9 item 10: with several classes, the seed overlay has a legend of class names, and
+    SIPE's prototypes and the bank are shown by class name, not id."""
+    page.slider(key="fs_sipe_classes").set_value(3).run()
+    assert not page.exception
+    preds = [o.split(" (")[0] for o in page.selectbox(key="fs_target").options][:3]
+    legends = [el.proto.body for el in page.get("html")]
+    assert any(all(name in body for name in preds) for body in legends), (legends, preds)
+    pick = next(s for s in page.selectbox if s.label == "Similarity map of")
+    sipe = [o for o in pick.options if o.startswith("SIPE: ")]
+    assert f"SIPE: {preds[0]}" in sipe  # (a background prototype only where background was seeded)
+    assert not any(o[6:].isdigit() for o in sipe)
+
+
+def test_rule_auto_on_a_1000_class_head_disables_the_softmax_thresholds_and_says_why(page):
+    """Issue 9 item 11: with rule=auto on Lite0 (1000 classes: the rank rule) mu_f and mu_b do
+    nothing, so they are disabled with the reason; the softmax rule enables them."""
+    assert page.slider(key="fs_lp_mu_f").disabled and page.slider(key="fs_lp_mu_b").disabled
+    assert not page.slider(key="fs_lp_rank").disabled
+    assert "rank rule to this 1000-class head" in page.slider(key="fs_lp_mu_f").help
+    assert any(c.value.startswith("Not used now: mu_f, mu_b, mu_low:") for c in page.caption)
+    page.selectbox(key="fs_lp_rule").set_value("softmax").run()
+    assert not page.slider(key="fs_lp_mu_f").disabled and not page.slider(key="fs_lp_mu_b").disabled
+    assert page.slider(key="fs_lp_rank").disabled
+
+
+def test_no_default_value_and_session_state_warning_for_the_pages_widgets(monkeypatch):
+    """Issue 9 item 13: the sidebar re-assigns each page key on every run; a widget also given
+    a default then makes Streamlit log "created with a default value but also had its value
+    set via the Session State API" (seen for fs_threshold). Streamlit logs it once per process:
+    the flag is reset before every check so that each widget is tried."""
+    from streamlit.elements.lib import policies
+
+    warned = []
+    check = policies.check_session_state_rules
+
+    def every_time(*args, **kwargs):
+        monkeypatch.setattr(policies, "_shown_default_value_warning", False)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(policies, "check_session_state_rules", every_time)
+    monkeypatch.setattr(policies._LOGGER, "warning", lambda msg, *args, **kw: warned.append(msg % args))
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.run()
+    at.switch_page("pages/feature_space.py").run()
+    at.slider(key="fs_lp_k").set_value(6).run()
+    at.slider(key="fs_threshold").set_value(0.3).run()
+    assert not at.exception
+    assert not [w for w in warned if 'key "fs_' in w], warned
+    # ... and no widget became clearable for it (a number input or selectbox drawn without a default)
+    for widget in [*at.number_input, *at.selectbox]:
+        if widget.key and widget.key.startswith("fs_"):
+            assert widget.proto.HasField("default"), widget.key
+
+
+def test_how_to_read_this_page_is_one_click_away(page):
+    """Issue 9 item 16: a closed expander near the top says what the points, centres,
+    prototypes and seeds are and what t-SNE distances do and do not mean."""
+    guide = next(e for e in page.expander if e.label == "How to read this page")
+    assert not guide.proto.expanded
+    text = " ".join(m.value for m in guide.markdown)
+    for words in ("classifier's weight rows", "class prototypes", "context prototypes", "SIPE seeds",
+                  "t-SNE keeps neighbourhoods", "mean nothing"):
+        assert words in text, words

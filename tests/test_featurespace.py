@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from cam_core import Cancelled, Explainer
-from cam_core.featurespace import CENTRE, PIXEL, PointCloud, base_cloud, embed, similarity_map
+from cam_core.featurespace import (CENTRE, PIXEL, SIPE_PROTO, PointCloud, base_cloud, embed, prototype_cloud,
+                                   similarity_map)
 
 
 def two_clusters(n=60, dim=16, seed=0):
@@ -51,7 +52,10 @@ def test_tsne_separates_clusters_and_places_new_points_near_their_cluster():
     assert emb.coords.shape == (len(cloud), 2)
     assert separation(emb.coords, groups) > 0.2
     assert ticks and ticks[-1] == pytest.approx(1.0) and ticks == sorted(ticks)
+    fit_ticks = len(ticks)
     new = emb.place(F.normalize(torch.stack([a, b]), dim=1))
+    # Placing runs no callback of the finished fit (issue 9 item 4: the page's bar came back at 100%).
+    assert len(ticks) == fit_ticks
     centre_a, centre_b = emb.coords[groups == 0].mean(0), emb.coords[groups == 1].mean(0)
     assert np.linalg.norm(new[0] - centre_a) < np.linalg.norm(new[0] - centre_b)
     assert np.linalg.norm(new[1] - centre_b) < np.linalg.norm(new[1] - centre_a)
@@ -90,3 +94,30 @@ def test_base_cloud_holds_the_image_pixels_and_the_classifier_rows(lite0, cat):
     expected = F.normalize(fwd.head_features[:, cloud.rows[i], cloud.cols[i]].float().cpu(), dim=0)
     torch.testing.assert_close(cloud.vectors[i], expected)
     torch.testing.assert_close(cloud.vectors[-1], F.normalize(lite0.linear_weight[285].float().cpu(), dim=0))
+
+
+def test_spread_labels_leaves_no_two_boxes_overlapping():
+    from cam_core.featurespace import spread_labels
+
+    # Four centres almost on one spot (tiger cat, tabby, Egyptian cat, lynx), one far away.
+    points = np.array([[100.0, 50.0], [102.0, 52.0], [99.0, 49.0], [101.0, 55.0], [400.0, 50.0]])
+    widths = np.array([90.0, 60.0, 100.0, 40.0, 80.0])
+    pos = spread_labels(points, widths, height=16.0, dx=10.0)
+    np.testing.assert_allclose(pos[:, 0], points[:, 0] + 10.0)  # each box beside its own point
+    assert (pos[:, 1] >= points[:, 1]).all()  # moved up only
+    for i in range(len(pos)):
+        for j in range(i):
+            apart_x = pos[i, 0] >= pos[j, 0] + widths[j] or pos[j, 0] >= pos[i, 0] + widths[i]
+            apart_y = abs(pos[i, 1] - pos[j, 1]) >= 16.0 - 1e-9
+            assert apart_x or apart_y, (i, j)
+    assert pos[4, 1] == 50.0  # a label with room stays at its point's height
+    assert np.ptp(pos[:4, 1]) == pytest.approx(3 * 16.0)  # the four stack, one line apart
+
+
+def test_sipe_prototypes_are_named_by_class(lite0, cat):
+    ex = Explainer(lite0)
+    sipe = ex.compute(cat, "sipe", 281, params={"classes": 2, "multiscale": False})
+    protos = prototype_cloud(sipe=sipe, fwd=ex.forward(cat))
+    named = [label for label, kind in zip(protos.labels, protos.kinds) if kind == SIPE_PROTO]
+    assert named[0] == "SIPE: background"
+    assert "SIPE: tabby" in named and not any(label[6:].isdigit() for label in named)

@@ -432,3 +432,43 @@ def test_input_sizes(lite0, deit, cat):
     assert ex.stats["forwards"] == 3  # one per size, cached apart
     assert ex.compute(cat, "gradcam", base.target, input_size="2x") is big
     assert ex.predict(cat, 5, "2x")[0].index == ex.forward(cat, input_size="2x").probs.argmax()
+
+
+FAST_PARAMS = {"lpcam": {"k": 2, "multiscale": False}, "sipe": {"multiscale": False},
+               "scorecam_topn": {"channels": 4}}
+
+
+@pytest.mark.parametrize("backbone,layers", [("resnet18", ("layer4", "layer3")),
+                                              ("deit", ("blocks.11", "blocks.5"))])
+def test_reads_layer_says_which_maps_follow_the_layer(backbone, layers, request, cat):
+    """The declaration behind the "Feature layer" help (issue 9 item 11): a method that does
+    not read the layer gives the same map at two layers; one that reads it, another map."""
+    bb = request.getfixturevalue(backbone)
+    ex = Explainer(bb)
+    for spec in ex.methods():
+        if spec.name == "scorecam":
+            continue  # as scorecam_topn, on every channel: slow
+        a, b = (ex.compute(cat, spec.name, 0, layer, params=FAST_PARAMS.get(spec.name)).map for layer in layers)
+        same = a.shape == b.shape and torch.equal(a, b)
+        assert same == (not spec.reads_layer), spec.name
+    assert not METHODS["cam"].reads_layer and not METHODS["lpcam"].reads_layer and not METHODS["sipe"].reads_layer
+
+
+def test_idle_params_follow_lpcams_rule_and_the_heads_size():
+    lpcam = METHODS["lpcam"]
+    big, small = color_backbone(torch.randn(1000, 3)), color_backbone(torch.randn(20, 3))
+    auto_big = lpcam.idle_params({}, big)  # rule=auto on 1000 classes: the rank rule
+    assert set(auto_big) == {"mu_f", "mu_b", "mu_low"} and "rank rule to this 1000-class head" in auto_big["mu_f"]
+    assert set(lpcam.idle_params({}, small)) == {"rank", "context_rank"}  # 20 classes: softmax
+    assert set(lpcam.idle_params({"rule": "softmax"}, big)) == {"rank", "context_rank"}
+    assert set(lpcam.idle_params({"rule": "rank"}, small)) == {"mu_f", "mu_b", "mu_low"}
+    assert METHODS["gradcam"].idle_params({}, big) == {}
+
+
+def test_layer_help_names_the_methods_that_ignore_the_layer():
+    from pages.common import layer_help
+
+    text = layer_help(METHODS.values())
+    for label in ("CAM", "LPCAM", "SIPE (IS-CAM)", "TS-CAM", "Attention rollout"):
+        assert label in text
+    assert "Grad-CAM" not in text and "Eigen-CAM" not in text

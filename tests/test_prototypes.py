@@ -195,6 +195,7 @@ def test_build_save_load_round_trip(tmp_path, lite0):
     bank = report.bank
     assert seen[-1] == (3, 3) and len(report.skipped) == 1 and "broken.png" in report.skipped[0]
     assert sorted(bank.classes) == [207, 281] and len(bank.classes[281]) == 49
+    assert "tabby: 49 px" in bank.describe(lite0.short_name)  # classes by name on the page (issue 9 item 10)
     path = bank.save(tmp_path / "pets.safetensors", tau=0.1, k=12)
     again = PrototypeBank.load(path)
     assert again.key == bank.key and again.images == bank.images

@@ -290,3 +290,14 @@ def test_grid_sheet_has_the_settings_above_and_one_colour_bar_below():
     assert (sheet[:22] < 128).any() and not (plain[:4] < 250).any()  # the title's text at the top
     ends = colorize(np.array([[0.0]], np.float32), "jet")[0, 0]
     assert (sheet[-30:] == ends).all(axis=-1).any()  # the bar's first colour near the bottom
+
+
+@pytest.mark.parametrize("n_first,n_second", [(1, 1), (12, 12), (3, 20), (64, 64)])
+def test_group_colours_never_share_a_colour(n_first, n_second):
+    from cam_core.render import group_colours
+
+    first, second = group_colours(n_first, n_second)
+    assert len(first) == n_first and len(second) == n_second
+    assert len(set(first)) == n_first and len(set(second)) == n_second  # distinct within a group
+    assert not set(first) & set(second)  # and across
+    assert all(len(c) == 7 and c.startswith("#") for c in first + second)

@@ -552,17 +552,44 @@ def drop_stale_choice(key: str, options) -> None:
         del st.session_state[key]
 
 
-def param_input(p: Param, label: str, key: str, slider: bool = False, container=None):
+def param_input(p: Param, label: str, key: str, slider: bool = False, container=None, idle: str | None = None):
     """The widget for one declared method parameter: choices -> selectbox, bool -> toggle,
-    numbers -> slider or number input within the declared range."""
+    numbers -> slider or number input within the declared range. idle: why the parameter has
+    no effect now (MethodSpec.idle_params): the widget is disabled and its help says why."""
     ui = container or st
+    disabled = idle is not None
+    help_ = p.help if idle is None else f"{p.help} Not used now: {idle}."
     if p.choices:
-        return ui.selectbox(label, p.choices, index=p.choices.index(p.default), key=key, help=p.help)
+        index = first_value(key, p.choices.index(p.default), 0)
+        return ui.selectbox(label, p.choices, index=index, key=key, help=help_, disabled=disabled)
     if isinstance(p.default, bool):
-        return ui.toggle(label, value=p.default, key=key, help=p.help)
+        return ui.toggle(label, value=first_value(key, p.default, False), key=key, help=help_, disabled=disabled)
     if isinstance(p.default, str):
-        return ui.text_input(label, value=p.default, key=key, help=p.help)
+        return ui.text_input(label, value=first_value(key, p.default, ""), key=key, help=help_, disabled=disabled)
     if slider and p.min is not None and p.max is not None:
         kind = type(p.default)
-        return ui.slider(label, kind(p.min), kind(p.max), p.default, kind(p.step or 1), key=key, help=p.help)
-    return ui.number_input(label, min_value=p.min, max_value=p.max, value=p.default, step=p.step, key=key, help=p.help)
+        return ui.slider(label, kind(p.min), kind(p.max), first_value(key, p.default), kind(p.step or 1), key=key,
+                         help=help_, disabled=disabled)
+    return ui.number_input(label, min_value=p.min, max_value=p.max, value=first_value(key, p.default, "min"),
+                           step=p.step, key=key, help=help_, disabled=disabled)
+
+
+def first_value(key: str, value, unset=None):
+    """A widget's default, given only on its first draw; later `unset`, the argument by which
+    that widget means "no default" (None for sliders, 0 for a selectbox's index, False for a
+    toggle, "" for a text input, "min" for a number input: None would make those two
+    clearable). Once the key is in Session State (the sidebar re-assigns every page key on each
+    run, so that it outlives a visit to the other page), a default as well makes Streamlit log
+    "created with a default value but also had its value set via the Session State API"; the
+    state's value is the one shown either way."""
+    return value if key not in st.session_state else unset
+
+
+def layer_help(specs) -> str:
+    """The "Feature layer" help: which of these methods (MethodSpec) read their own features
+    and so ignore the layer, from each spec's declared needs."""
+    own = [s.label for s in specs if not s.reads_layer]
+    if not own:
+        return "Every method offered reads this layer's features."
+    return ("The methods that read a layer's features use this one. " + ", ".join(own) + " read their own (the "
+            "features the classifier pools, several stages, or the attention maps) and ignore it.")

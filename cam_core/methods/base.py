@@ -115,6 +115,9 @@ class MethodSpec:
     approximate: bool = False  # an approximation of a named method, labelled as such
     kinds: tuple[str, ...] = ("cnn", "vit")
     reference: str = ""
+    # idle(values, backbone) -> {param name: why it has no effect with these values on this
+    # backbone}; e.g. LPCAM's softmax thresholds under the rank rule. None: every param acts.
+    idle: Callable[[dict, Any], dict[str, str]] | None = None
 
     def resolve_params(self, given: dict | None) -> dict:
         given = dict(given or {})
@@ -126,6 +129,20 @@ class MethodSpec:
     @property
     def slow(self) -> bool:
         return NEEDS_FORWARDS in self.needs
+
+    @property
+    def reads_layer(self) -> bool:
+        """Whether the map depends on the chosen feature layer. Methods that need the head read
+        the features the classifier pools (CAM, LPCAM, SIPE's stages, TS-CAM), and attention
+        methods read every block's attention: the layer choice does not reach them."""
+        return not self.needs & {NEEDS_HEAD, NEEDS_ATTENTION}
+
+    def idle_params(self, values: dict | None, backbone) -> dict[str, str]:
+        """{param name: why it has no effect} for these values (defaults where not given) on
+        this backbone: a page disables those controls and says why."""
+        if self.idle is None:
+            return {}
+        return self.idle({p.name: (values or {}).get(p.name, p.default) for p in self.params}, backbone)
 
     def refusal(self, backbone) -> str | None:
         """Why this method does not apply to `backbone`, as one sentence, or None if it does."""

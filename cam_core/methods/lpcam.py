@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..prototypes import image_bank, lpcam_map
+from ..prototypes import AUTO_SOFTMAX_MAX_CLASSES, image_bank, lpcam_map, resolve_rule
 from .base import NEEDS_BANK, NEEDS_HEAD, NEEDS_LINEAR_HEAD, MethodContext, MethodOutput, MethodSpec, Param, register
 
 SCALES = (1.0, 0.5, 1.5, 2.0)  # the official inference scales, each with its mirror image
@@ -54,6 +54,20 @@ def lpcam(ctx: MethodContext, target: int, k: int = 12, tau: float = 0.1, mu_f: 
                         label="LPCAM (this image's pixels)" if own else None, approximate=own)
 
 
+RULE_PARAMS = {"softmax": ("mu_f", "mu_b", "mu_low"), "rank": ("rank", "context_rank")}
+
+
+def idle_lpcam_params(values: dict, backbone) -> dict[str, str]:
+    """The other rule's parameters, with why: under the rank rule mu_f, mu_b and mu_low do
+    nothing; under the softmax rule rank and context_rank do nothing."""
+    n = backbone.num_classes
+    rule = resolve_rule(values["rule"], n)
+    other = "rank" if rule == "softmax" else "softmax"
+    why = (f"rule=auto applies the {rule} rule to this {n}-class head (softmax up to "
+           f"{AUTO_SOFTMAX_MAX_CLASSES} classes, rank beyond)" if values["rule"] == "auto" else f"rule={rule} is chosen")
+    return {name: f"a parameter of the {other} rule, and {why}" for name in RULE_PARAMS[other]}
+
+
 register(MethodSpec(
     "lpcam", "LPCAM", lpcam,
     "Cosine similarity to the class's local prototypes (K-means centres of its foreground pixel "
@@ -78,4 +92,5 @@ register(MethodSpec(
               "(7 extra forward passes); off: one scale, faster."),
     ),
     reference="Chen et al., CVPR 2023",
+    idle=idle_lpcam_params,
 ))
