@@ -579,8 +579,12 @@ class Explainer:
                 with torch.inference_mode():
                     self.backbone.model(x.expand(4, -1, -1, -1))
             else:
+                # A bank-reading method warms up on the image's own pixels: a dataset bank is built
+                # on its first real use, with that call's progress, not silently here.
+                own = {"source": "image"} if NEEDS_BANK in spec.needs and "source" in {p.name for p in spec.params} \
+                    else None
                 try:
-                    self.compute(image, name)
+                    self.compute(image, name, params=own)
                 except ValueError:
                     # Refused on this synthetic image with default parameters (e.g. fewer bank
                     # pixels of its top class than K): the real call reports it.

@@ -192,3 +192,39 @@ def test_evaluate_names_the_dataset_bank_in_its_rows(cache, tiny):
     evaluate(VOCDataset(_data_root(), "val"), ex, ["lpcam"], {"lpcam": {"multiscale": False, "k": 4, "source": "image"}},
              limit=1, rows_out=rows)
     assert rows[0]["params"]["bank"] == "image"
+
+
+def test_feature_space_page_uses_the_dataset_bank(cache, tiny):
+    from helpers import ROOT
+    from streamlit.testing.v1 import AppTest
+
+    register_backbone("tiny-testbed-page", "test", lambda: load_testbed(tiny))
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240)
+        at.run()
+        at.switch_page("pages/feature_space.py").run()
+        at.selectbox(key="backbone_choice").set_value("tiny-testbed-page").run()
+        at.slider(key="fs_lp_k").set_value(2).run()  # an untrained model: few foreground pixels per class
+        assert not at.exception, [e.value for e in at.exception]
+        ex = at.session_state["selection"].explainer
+        assert ex.stats["bank_builds"] == 1
+        bank = ex.default_bank()
+        assert at.session_state["lpcam_bank"] is bank  # the Compare page's LPCAM uses it too
+        assert f"LPCAM's bank: {bank.describe()}" in [c.value for c in at.caption]
+        lp_caption = next(c.value for c in at.caption if c.value.startswith("LPCAM: "))
+        assert f"bank: {bank.name} (9 images" in lp_caption
+        assert not at.toggle(key="fs_use_bank").disabled  # its bank pixels can join the plot
+
+        at.selectbox(key="fs_lp_source").set_value("image").run()
+        lp_caption = next(c.value for c in at.caption if c.value.startswith("LPCAM: "))
+        assert "bank: this image's pixels" in lp_caption and ex.stats["bank_builds"] == 1
+    finally:
+        BACKBONES.pop("tiny-testbed-page")
+
+
+def test_warm_up_leaves_the_dataset_bank_to_the_first_real_use(cache, tiny):
+    ex = Explainer(load_testbed(tiny))
+    ex.warm_up()
+    assert _cached_banks() == []  # nothing built silently while the backbone loads
+    ex.default_bank()
+    assert ex.stats["bank_builds"] == 1
