@@ -97,7 +97,7 @@ def main() -> None:
         for w in (int(v) for v in args.workers.split(",")):
             out = subprocess.run([sys.executable, __file__, "--backbone", args.backbone, "--device", args.device,
                                   "--threads", str(args.threads), "--child", tmp, str(w)],
-                                 capture_output=True, text=True)
+                                 capture_output=True, text=True, check=False)
             if out.returncode:
                 sys.exit(f"workers {w}: the build failed:\n{out.stderr[-2000:]}")
             r = json.loads(out.stdout.strip().splitlines()[-1])

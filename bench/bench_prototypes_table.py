@@ -107,7 +107,8 @@ def testbed_rows(size: str, limit: int | None):
         t0 = time.perf_counter()
         rows: list = []
         (s,) = evaluate(dataset, ex, [method], {method: params}, limit=n, rows_out=rows,
-                        progress=lambda d, t: d % 40 == 0 and print(f"  {size} {label}: {d}/{t}", file=sys.stderr))
+                        progress=lambda d, t, label=label: d % 40 == 0 and print(f"  {size} {label}: {d}/{t}",
+                                                                                  file=sys.stderr))
         used = ""
         if method == "lpcam":
             used = "this image's pixels" if params.get("source") == "image" else f"{bank.name} ({bank.n_images} images)"
