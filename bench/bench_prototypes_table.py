@@ -122,8 +122,8 @@ def _cell(v) -> str:
     return "" if v is None or v == "" else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = []
+def markdown(rows: list[dict], header: str = "") -> str:
+    lines = [header, ""] if header else []
     masks = [r for r in rows if r["set"].startswith("masks")]
     if masks:
         lines += ["Masks (EfficientNet-Lite0, top-1 class): energy in the mask / best IoU", "",
@@ -156,6 +156,8 @@ def main() -> None:
     sets = args.sets.split(",")
     rows: list[dict] = []
     t0 = time.perf_counter()
+    header = (f"`python bench/bench_prototypes_table.py {' '.join(sys.argv[1:])}` ({time.strftime('%Y-%m-%d')}). "
+              "s/image: seconds per image on the machine that ran it, first calls included: not a benchmark.")
     for size in args.sizes.split(","):
         for part in sets:
             it = mask_rows(size) if part == "masks" else testbed_rows(size, args.limit)
@@ -167,9 +169,9 @@ def main() -> None:
                     writer = csv.DictWriter(f, fieldnames=FIELDS)
                     writer.writeheader()
                     writer.writerows(rows)
-                out.with_suffix(".md").write_text(markdown(rows))
+                out.with_suffix(".md").write_text(markdown(rows, header))
     print(f"{time.perf_counter() - t0:.0f} s -> {out.with_suffix('.csv')}, {out.with_suffix('.md')}")
-    print(markdown(rows))
+    print(markdown(rows, header))
 
 
 if __name__ == "__main__":
