@@ -27,6 +27,14 @@ def lpcam(ctx: MethodContext, target: int, k: int = 12, tau: float = 0.1, mu_f: 
     if own:
         origin = "this image's pixels" if bank is None else f"this image's pixels ({bank.name} has no class {target})"
         bank = ctx.fwd.memo(("image_bank", target), lambda: image_bank(ctx.fwd, target, bb))
+        if not bool((bank.classes[target].cam > tau).any()):
+            # The class is not activated anywhere in this image (its CAM is <= 0): no pixel to
+            # cluster, so no prototype and an empty map, as CAM's own (an evaluation over a
+            # dataset meets such images; a bank without such pixels is an error, below).
+            return MethodOutput(torch.zeros_like(ctx.fwd.head_features[0]), {"bank": origin, "bank_images": 1},
+                                f"bank: {origin}: no pixel of class {target} has CAM > tau {tau:g} in this image, "
+                                "so there is no prototype: an empty map",
+                                label="LPCAM (this image's pixels)", approximate=True)
     else:
         origin = bank.name
     sel = bank.select(bb, target, k, tau, mu_f, mu_b, mu_low, rule, rank, use_bias, context_rank=context_rank)
