@@ -245,6 +245,8 @@ def tuning() -> None:
     lp_err = sp_err = None
     try:
         lp, lp_ms = timed(lambda: ex.compute(image, "lpcam", target, params=lp_params, bank=bank))
+        if "selection" not in lp.extras:  # no pixel of the class to cluster: an empty map, its note says why
+            lp, lp_err = None, lp.note
     except USER_ERRORS as exc:
         lp_err = str(exc)
     try:

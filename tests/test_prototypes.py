@@ -313,3 +313,6 @@ def test_own_pixels_of_a_class_not_activated_anywhere_give_an_empty_map():
     assert res.map.shape == (8, 8) and float(res.map.abs().max()) == 0
     assert "no pixel of class 0 has CAM > tau" in res.note and res.approximate
     assert res.label == "LPCAM (this image's pixels)"
+    from cam_core.featurespace import prototype_cloud
+
+    assert prototype_cloud(res).kinds == []  # the Feature space page places no prototype
