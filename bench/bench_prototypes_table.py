@@ -149,11 +149,14 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="the first N testbed val images (default: all 240)")
     ap.add_argument("--sizes", default="default,2x")
     ap.add_argument("--sets", default="masks,testbed")
+    ap.add_argument("--rows", default="", help="only the rows whose name starts with one of these (comma-separated)")
     ap.add_argument("--out", default=str(ROOT / "results" / "prototypes_table"), help="path prefix: OUT.csv, OUT.md")
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sets = args.sets.split(",")
+    if args.rows:
+        ROWS[:] = [r for r in ROWS if r[0].startswith(tuple(args.rows.split(",")))]
     rows: list[dict] = []
     t0 = time.perf_counter()
     header = (f"`python bench/bench_prototypes_table.py {' '.join(sys.argv[1:])}` ({time.strftime('%Y-%m-%d')}). "
