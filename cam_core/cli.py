@@ -319,6 +319,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         explainer = Explainer(backbone)
         if args.bank:
             explainer.set_bank(PrototypeBank.load(args.bank))
+        bank = _default_bank(explainer, methods, params)
     except (*USER_ERRORS, OutputError) as exc:
         _fail(str(exc))
         _remove_empty(created)
@@ -331,7 +332,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "device": device_label(backbone.device),
         "layer": explainer.layer_or_default(args.layer),
         "input_size": args.input_size,  # each image's own pixel size is in its record
-        "bank": explainer.bank.describe() if explainer.bank is not None else None,
+        # the bank LPCAM reads (a method's own "bank" says when it used the image's pixels instead)
+        "bank": bank.describe() if bank is not None else None,
         "normalisation": args.norm,
         "timing": "per method: its own compute on top of the shared forward pass, in-process after a warm-up",
         "images": {},
@@ -373,6 +375,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if crashed:
         return EXIT_INTERNAL_ERROR
     return EXIT_BAD_INPUT if failed or warned else 0
+
+
+def _default_bank(explainer, methods: list[str], params: dict[str, dict]):
+    """The bank the bank-reading methods will use (--bank, else the backbone's dataset bank,
+    built now on first use with progress on stderr so that its time is not a method's), or
+    None when they read each image's own pixels."""
+    if not any(NEEDS_BANK in get_method(m).needs and params.get(m, {}).get("source", "bank") == "bank"
+               for m in methods):
+        return None
+    if explainer.bank is None and explainer.backbone.default_bank is not None:
+        source = explainer.backbone.default_bank
+
+        def progress(done, total):
+            if sys.stderr.isatty():
+                print(f"\r{source.name}: {done}/{total} images", end="" if done < total else "\n", file=sys.stderr)
+
+        bank = explainer.default_bank(progress)
+        how = "built and cached" if explainer.stats["bank_builds"] else "loaded from the cache"
+        print(f"LPCAM bank: {bank.describe()} ({how})", file=sys.stderr)
+        return bank
+    return explainer.bank
 
 
 def _explain_one(explainer, image, methods, params, args, out_real: Path, used: set[str]) -> dict:
@@ -435,6 +458,8 @@ def _explain_one(explainer, image, methods, params, args, out_real: Path, used: 
             "approximate": res.approximate,
             "grid": list(res.grid),  # the resolution of the features it read
             "note": res.note,
+            **({"bank": {"name": res.extras["bank"], "images": res.extras["bank_images"]}}
+               if "bank_images" in res.extras else {}),
             "npy": f"{folder.name}/{m}.npy",
             "png": f"{folder.name}/{m}.png",
         }
@@ -520,6 +545,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             items = [(s.image(), s.labels) for s in train if s.labels]
             print(f"prototype bank from the {args.bank_from} split: {len(items)} images", file=sys.stderr)
             bank = build_bank(explainer, items, name=f"{Path(args.dataset).name}/{args.bank_from}").bank
+        elif not args.bank_from:  # each image's own pixels, not the backbone's dataset bank
+            for m in methods:
+                spec = get_method(m)
+                if NEEDS_BANK in spec.needs and "source" in {p.name for p in spec.params}:
+                    params[m] = spec.resolve_params({**params.get(m, {}), "source": "image"})
         run = {"backbone": explainer.backbone.name, "dataset": str(Path(args.dataset).resolve()), "split": args.split}
         store = RowStore(rows_path(args.out), run, restart=args.restart)
     except (*USER_ERRORS, DatasetError, EngineError, ValueError) as exc:

@@ -354,6 +354,7 @@ class Explainer:
         self._stats_lock = threading.Lock()
         self.stats: Counter = Counter()  # forwards, gradients, method runs: lets tests prove caching
         self.bank = None  # default LPCAM prototype bank (cam_core.prototypes.PrototypeBank) or None
+        self._dataset_banks = Memo()  # the backbone's dataset bank, built or loaded once (banks.py)
 
     def _count(self, *keys: str) -> None:
         with self._stats_lock:
@@ -366,6 +367,27 @@ class Explainer:
         if bank is not None:
             bank.check_fits(self.backbone)
         self.bank = bank
+
+    def default_bank(self, progress: Callable[[int, int], None] | None = None,
+                     cancel: Callable[[], bool] | None = None):
+        """The bank LPCAM uses when none is passed: set_bank's, else the one the backbone
+        declares (Backbone.default_bank: built from its dataset on first use, with progress
+        and cancel, and cached on disk; see cam_core.banks), else None (each image's own
+        pixels). Built once per Explainer; concurrent callers wait for the one building."""
+        if self.bank is not None:
+            return self.bank
+        source = self.backbone.default_bank
+        if source is None:
+            return None
+
+        def compute():
+            from .banks import dataset_bank
+
+            cached = dataset_bank(self.backbone, source, progress, cancel)
+            self._count("bank_builds" if cached.built else "bank_loads")
+            return cached.bank
+
+        return self._dataset_banks.get(source, compute)
 
     # ----- forward ---------------------------------------------------------------------
     def layer_or_default(self, layer: str | None) -> str:
@@ -491,15 +513,28 @@ class Explainer:
             bank = self.bank
         elif NEEDS_BANK in spec.needs:
             bank.check_fits(self.backbone)
-        bank_key = (bank.key if bank is not None else "image") if NEEDS_BANK in spec.needs else None
+        bank_key = None
+        if NEEDS_BANK in spec.needs:  # the backbone's dataset bank, when it has one, is resolved by the method
+            bank_key = bank.key if bank is not None else ("default", self.backbone.default_bank)
         key = (image.sha256, layer, tuple(fwd.input.shape[-2:]), method, key_target, tuple(sorted(resolved.items())),
                bank_key)
         return self._maps.get(key, lambda: self._run_method(spec, fwd, target, key_target, resolved, layer,
                                                                progress, cancel, bank))
 
     def _run_method(self, spec, fwd, target, key_target, resolved, layer, progress, cancel, bank) -> CamResult:
+        building = [0.0]
+
+        def default_bank():
+            # A first use builds the bank: its time is not the method's.
+            t = time.perf_counter()
+            try:
+                return self.default_bank(progress, cancel)
+            finally:
+                building[0] += time.perf_counter() - t
+
         ctx = MethodContext(fwd, progress=progress, cancel=cancel, bank=bank,
-                            pause=self._priority.pause if spec.slow else None)
+                            pause=self._priority.pause if spec.slow else None,
+                            default_bank=default_bank if bank is None else None)
         with self._priority.interactive() if not spec.slow else self._priority.long_work():
             if NEEDS_GRADIENT in spec.needs:
                 fwd.gradient(target)  # shared by all gradient methods; reported once as gradient_ms
@@ -509,7 +544,7 @@ class Explainer:
             if not isinstance(out, MethodOutput):
                 raise TypeError(f"method {spec.name} returned {type(out).__name__}, not a MethodOutput")
             _sync(out.map.device)
-            ms = (time.perf_counter() - t0) * 1000
+            ms = (time.perf_counter() - t0 - building[0]) * 1000
         raw = torch.nan_to_num(out.map.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
         self._count("maps", f"maps:{spec.name}")
         return CamResult(
@@ -577,7 +612,16 @@ class Explainer:
                 with torch.inference_mode():
                     self.backbone.model(x.expand(4, -1, -1, -1))
             else:
-                self.compute(image, name)
+                # A bank-reading method warms up on the image's own pixels: a dataset bank is built
+                # on its first real use, with that call's progress, not silently here.
+                own = {"source": "image"} if NEEDS_BANK in spec.needs and "source" in {p.name for p in spec.params} \
+                    else None
+                try:
+                    self.compute(image, name, params=own)
+                except ValueError:
+                    # Refused on this synthetic image with default parameters (e.g. fewer bank
+                    # pixels of its top class than K): the real call reports it.
+                    pass
         for memo in (self._forwards, self._maps):
             for key in memo.keys():
                 if key[0] == image.sha256:

@@ -97,8 +97,18 @@ def method_params(method: str, params: dict | None, bank=None) -> dict:
     spec = get_method(method)
     out = dict(sorted(spec.resolve_params(params).items()))
     if NEEDS_BANK in spec.needs:
-        out["bank"] = bank.key if bank is not None else "image"
+        out["bank"] = bank.key if bank is not None and out.get("source", "bank") == "bank" else "image"
     return json.loads(json.dumps(out))
+
+
+def _bank_in_use(explainer: Explainer, methods: list[str], params: dict, bank=None):
+    """The bank the bank-reading methods will use: `bank`, else set_bank's or the backbone's
+    dataset bank (built on first use), so that the rows name the bank they were computed with;
+    None when they read each image's own pixels."""
+    if bank is not None or not any(NEEDS_BANK in get_method(m).needs and get_method(m).resolve_params(
+            params.get(m)).get("source", "bank") == "bank" for m in methods):
+        return bank
+    return explainer.default_bank()
 
 
 def evaluate_image(
@@ -123,6 +133,7 @@ def evaluate_image(
     histograms (PxAP)). An image without a labelled class gives no rows."""
     params = params or {}
     metrics = [m for m in FAITHFULNESS if m in set(metrics)]
+    bank = _bank_in_use(explainer, methods, params, bank)
     names = sample.class_names
     gt = sample.mask
     classes = sample.labels
@@ -183,7 +194,7 @@ def evaluate_image(
         row = {
             "image": sample.id,
             "method": m,
-            "params": method_params(m, params.get(m), bank if bank is not None else explainer.bank),
+            "params": method_params(m, params.get(m), bank),
             "classes": " ".join(names[c] for c in classes),
             "top1": names[top1],
             "seconds": round(seconds, 6),
@@ -442,8 +453,8 @@ def evaluate(
     if bb.num_classes != len(names):
         raise ValueError(f"{bb.name} has {bb.num_classes} classes, the dataset {len(names)}")
     samples = list(dataset)[:limit] if limit else list(dataset)
-    the_bank = bank if bank is not None else explainer.bank
-    wanted = {m: method_params(m, params.get(m), the_bank) for m in methods}
+    bank = _bank_in_use(explainer, methods, params, bank)  # built here once, not by each worker
+    wanted = {m: method_params(m, params.get(m), bank) for m in methods}
     stored = store.load() if store is not None else {}
     done: dict[tuple[str, str], dict] = {}
     todo = []

@@ -112,8 +112,8 @@ def base_cloud(
 def prototype_cloud(lpcam=None, sipe=None, fwd=None) -> PointCloud:
     """LPCAM's selected class/context prototypes and SIPE's seed-region means (head space)."""
     vectors, kinds, labels = [], [], []
-    if lpcam is not None:
-        sel = lpcam.extras["selection"]
+    sel = lpcam.extras.get("selection") if lpcam is not None else None  # None: an empty LPCAM map
+    if sel is not None:
         for i in sel.fg_selected.nonzero()[:, 0].tolist():
             vectors.append(sel.fg.centers[i])
             kinds.append(LP_CLASS)

@@ -145,12 +145,18 @@ class PrototypeBank:
         if dim != self.feature_dim:
             raise BankError(f"bank '{self.name}' holds {self.feature_dim}-d features; {backbone.name} has {dim}")
 
+    @property
+    def n_images(self) -> int:
+        """Distinct images (`images` has one entry per (image, class): a multi-label image adds its
+        pixels to each of its classes)."""
+        return len({(img["name"], img["sha256"]) for img in self.images})
+
     def describe(self, name: Callable[[int], str] = str) -> str:
         """One line: the bank's name, its image count and its classes' pixel counts, each class
         named by name(class id) (e.g. Backbone.short_name)."""
         counts = ", ".join(f"{name(c)}: {len(cf)} px" for c, cf in sorted(self.classes.items())[:6])
         more = "" if len(self.classes) <= 6 else f", … ({len(self.classes)} classes)"
-        return f"{self.name}: {len(self.images)} images, {counts}{more}"
+        return f"{self.name}: {self.n_images} images, {counts}{more}"
 
     # ----- filling -------------------------------------------------------------------------
     def add(self, name: str, sha256: str, target: int, features: torch.Tensor, cam: torch.Tensor) -> None:
@@ -469,7 +475,7 @@ def build_bank(
     most max_per_class pixels per class are held (seeded subsample). Unreadable images are
     skipped and reported; cancel() stops between batches."""
     items = list(items)
-    bb = explainer.backbone
+    bb = getattr(explainer, "backbone", explainer)  # an Explainer or a Backbone
     bank = PrototypeBank(bb.name, bb.feature_dim, name, max_per_class)
     report = BuildReport(bank)
     loader = torch.utils.data.DataLoader(_BankImages(items, bb), batch_size=batch_size, num_workers=workers,

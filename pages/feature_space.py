@@ -91,6 +91,7 @@ KMEANS_LEGEND = (
     "does not; **context k**: a context cluster that LPCAM subtracts, a context prototype; **bg k**: a "
     "context cluster it leaves out.")
 BUILD = "build from a folder…"
+DATASET = object()  # bank_panel's answer: the backbone's dataset bank
 MARKERS = {PIXEL: "circle", BANK_FG: "circle-open", BANK_BG: "x-thin-open", CENTRE: "star",
            LP_CLASS: "diamond", LP_CONTEXT: "diamond-open", SIPE_PROTO: "square"}
 KIND_COLOURS = {BANK_FG: "#e377c2", BANK_BG: "#7f7f7f", CENTRE: "#d62728", LP_CLASS: "#2ca02c",
@@ -116,17 +117,34 @@ def _remember_bank(backbone_name: str, name: str) -> None:
     _last_bank_file().write_text(json.dumps(last))
 
 
+def dataset_bank(ex: Explainer) -> PrototypeBank | None:
+    """The backbone's dataset bank (cam_core.banks): built on the first use with a progress bar
+    (a click elsewhere interrupts it), then loaded from the disk cache."""
+    name = ex.backbone.default_bank.name
+    bar = st.progress(0.0, text=f"LPCAM's bank from {name}: building it once (then cached on disk)…")
+    try:
+        return ex.default_bank(progress=lambda d, t: bar.progress(d / t, text=f"{name}: {d}/{t} images"))
+    except (*USER_ERRORS, OSError) as exc:
+        st.error(f"LPCAM's bank from {name}: {exc}")
+        return None
+    finally:
+        bar.empty()
+
+
 def bank_panel(ex: Explainer, target: int) -> PrototypeBank | None:
     bb = ex.backbone
     saved = {p.name: p for p, _ in saved_banks(bank_dir(), bb.name)}
-    options = [THIS_IMAGE, *saved, BUILD]
+    # A backbone that declares its dataset uses that dataset's bank unless another is chosen;
+    # LPCAM's `source` control still switches to the image's own pixels.
+    default = THIS_IMAGE if bb.default_bank is None else f"{bb.default_bank.name} (this backbone's dataset)"
+    options = [default, *saved, BUILD]
     last = json.loads(_last_bank_file().read_text() or "{}").get(bb.name) if _last_bank_file().exists() else None
     widget_key = f"fs_bank_{bb.name}"
     pending = st.session_state.pop("fs_bank_pending", None)
     if pending in options:  # a bank just built: select it (before the widget exists in this run)
         st.session_state[widget_key] = pending
     if st.session_state.get(widget_key) not in options:  # first visit (or the file is gone)
-        st.session_state[widget_key] = last if last in options else THIS_IMAGE
+        st.session_state[widget_key] = last if last in options else default
     with st.expander("Prototype bank: where LPCAM's class features come from", expanded=False):
         for note in st.session_state.pop("fs_bank_notes", []):
             st.warning(note)
@@ -135,7 +153,7 @@ def bank_panel(ex: Explainer, target: int) -> PrototypeBank | None:
         if choice == BUILD:
             _build_bank_form(ex)
             return None
-        if choice != THIS_IMAGE:
+        if choice != default:
             path = saved[choice]
             try:
                 bank = load_bank(str(path), path.stat().st_mtime)
@@ -149,8 +167,12 @@ def bank_panel(ex: Explainer, target: int) -> PrototypeBank | None:
             if target not in bank.classes:
                 st.info(f"This bank has no images of {bb.short_name(target)}: LPCAM uses the image's own pixels.")
             return bank
-        if last not in (None, THIS_IMAGE):
-            _remember_bank(bb.name, THIS_IMAGE)
+        if last not in (None, default):
+            _remember_bank(bb.name, default)
+        if bb.default_bank is not None:
+            st.caption(f"LPCAM clusters the pixels of {bb.default_bank.name} (the bank is built once, then cached "
+                       "on disk); its `source` control switches to this image's own pixels.")
+            return DATASET  # built below, outside the collapsed expander, so its progress shows
         st.caption("LPCAM clusters this image's own pixels (source (a) of the paper's recipe).")
     return None
 
@@ -330,6 +352,8 @@ def _compute(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: 
     lp_err = sp_err = None
     try:
         lp, lp_ms = timed(lambda: ex.compute(image, "lpcam", target, params=c.lp_params, bank=bank))
+        if "selection" not in lp.extras:  # no pixel of the class to cluster: an empty map, its note says why
+            lp, lp_err = None, lp.note
     except USER_ERRORS as exc:
         lp_err = str(exc)
     try:
@@ -638,6 +662,10 @@ def main() -> None:
                           format_func={p.index: f"{bb.short_name(p.index)} ({p.index}) · {p.probability:.1%}"
                                        for p in preds}.__getitem__)
     bank = bank_panel(ex, target)
+    if bank is DATASET:
+        bank = dataset_bank(ex)
+        if bank is not None:
+            st.caption(f"LPCAM's bank: {bank.describe(bb.short_name)}")
     st.session_state["lpcam_bank"] = bank  # the Compare page's LPCAM uses it too
     tuning(ex, image, preds, target, bank)
 

@@ -15,6 +15,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "browser: drives the served app in headless Chromium")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def bank_cache(tmp_path_factory):
+    """Dataset banks and generated data (cam_core.banks) go to a temporary folder, never the
+    user's cache."""
+    folder = tmp_path_factory.mktemp("cam_explorer_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CAM_EXPLORER_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def lite0():
     return load_backbone("efficientnet_lite0")

@@ -302,3 +302,18 @@ def test_streamed_bank_matches_one_image_at_a_time(lite0, tmp_path):
         torch.testing.assert_close(got, feats.reshape(feats.shape[0], -1).T.float(), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(lazy.classes[lazy_c].features, got, rtol=1e-4, atol=1e-4)
     assert [i["name"] for i in streamed.bank.images] == ["dog.jpg", "cat.png"]
+
+
+def test_own_pixels_of_a_class_not_activated_anywhere_give_an_empty_map():
+    """An all-blue image: class 0's CAM (4 R + G) is 0 everywhere. An evaluation over a dataset
+    meets such images; the map is empty and says why instead of stopping the run."""
+    ex = Explainer(color_backbone(HEAD_BODY_W, size=8))
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[:, :] = (0, 0, 255)
+    res = ex.compute(from_array(rgb), "lpcam", 0, params={"multiscale": False})
+    assert res.map.shape == (8, 8) and float(res.map.abs().max()) == 0
+    assert "no pixel of class 0 has CAM > tau" in res.note and res.approximate
+    assert res.label == "LPCAM (this image's pixels)"
+    from cam_core.featurespace import prototype_cloud
+
+    assert prototype_cloud(res).kinds == []  # the Feature space page places no prototype

@@ -69,6 +69,9 @@ class Backbone:
     # clause ("its head applies ..."), None when they do.
     head_refusal: str | None = None
     n_classes: int | None = field(default=None, repr=False)  # from the logits when the head is refused
+    # The dataset LPCAM's default prototype bank is built from (cam_core.banks.DatasetBank), for
+    # backbones that know their training data; None: LPCAM clusters each image's own pixels.
+    default_bank: object | None = field(default=None, repr=False)
 
     # ----- construction ----------------------------------------------------------------
     @classmethod

@@ -37,8 +37,10 @@ class MethodContext:
     fwd: ForwardPass
     progress: Callable[[int, int], None] | None = None
     cancel: Callable[[], bool] | None = None
-    bank: object | None = None  # the LPCAM prototype bank in use, None = each image's own
+    bank: object | None = None  # the LPCAM prototype bank passed in; None: see default_bank
     pause: Callable[[], None] | None = None  # yields to interactive work (engine-provided)
+    # Without a bank: the backbone's dataset bank (built on first use), or None (engine-provided).
+    default_bank: Callable[[], object | None] | None = None
 
     @property
     def backbone(self):

@@ -18,15 +18,25 @@ CONTEXT_RANK = 200
 
 def lpcam(ctx: MethodContext, target: int, k: int = 12, tau: float = 0.1, mu_f: float = 0.9, mu_b: float = 0.9,
           mu_low: float = 0.05, rule: str = "auto", rank: int = 5, context_rank: int = CONTEXT_RANK,
-          use_bias: bool = False, multiscale: bool = True) -> MethodOutput:
+          use_bias: bool = False, multiscale: bool = True, source: str = "bank") -> MethodOutput:
     bb = ctx.backbone
-    bank = ctx.bank
+    bank = None
+    if source == "bank":
+        bank = ctx.bank if ctx.bank is not None or ctx.default_bank is None else ctx.default_bank()
     own = bank is None or target not in bank.classes
     if own:
-        source = "this image's pixels" if bank is None else f"this image's pixels ({bank.name} has no class {target})"
+        origin = "this image's pixels" if bank is None else f"this image's pixels ({bank.name} has no class {target})"
         bank = ctx.fwd.memo(("image_bank", target), lambda: image_bank(ctx.fwd, target, bb))
+        if not bool((bank.classes[target].cam > tau).any()):
+            # The class is not activated anywhere in this image (its CAM is <= 0): no pixel to
+            # cluster, so no prototype and an empty map, as CAM's own (an evaluation over a
+            # dataset meets such images; a bank without such pixels is an error, below).
+            return MethodOutput(torch.zeros_like(ctx.fwd.head_features[0]), {"bank": origin, "bank_images": 1},
+                                f"bank: {origin}: no pixel of class {target} has CAM > tau {tau:g} in this image, "
+                                "so there is no prototype: an empty map",
+                                label="LPCAM (this image's pixels)", approximate=True)
     else:
-        source = bank.name
+        origin = bank.name
     sel = bank.select(bb, target, k, tau, mu_f, mu_b, mu_low, rule, rank, use_bias, context_rank=context_rank)
     fixed = bb.fixed_input_size  # a ViT built for one input size keeps it
     multiscale = multiscale and not fixed
@@ -42,15 +52,16 @@ def lpcam(ctx: MethodContext, target: int, k: int = 12, tau: float = 0.1, mu_f: 
             m = lpcam_map(feats, sel)
             maps.append(F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0])
         out = torch.stack(maps).mean(dim=0)
-    n_images = len(bank.images)
-    note = (f"bank: {source} ({n_images} image{'s' if n_images != 1 else ''}, {sel.n_fg} foreground and "
+    n_images = bank.n_images
+    note = (f"bank: {origin} ({n_images} image{'s' if n_images != 1 else ''}, {sel.n_fg} foreground and "
             f"{sel.n_bg} context pixels at tau {tau:g}); {sel.note}; {int(sel.fg_selected.sum())}/{len(sel.fg_prob)} "
             f"class and {int(sel.bg_selected.sum())}/{len(sel.bg_prob)} context prototypes; "
             + ("4 scales x (image + mirror), as the official code" if multiscale else
                "1 scale" + ("; this ViT takes one input size, the official code uses 4 scales + mirrors"
                             if fixed else " (the official code: 4 scales + mirrors)")))
     # The paper clusters a class's pixels over a whole training set: one image's are a stand-in.
-    return MethodOutput(out, {"selection": sel, "bank": source, "bank_pixels": (sel.n_fg, sel.n_bg)}, note,
+    return MethodOutput(out, {"selection": sel, "bank": origin, "bank_images": n_images,
+                              "bank_pixels": (sel.n_fg, sel.n_bg)}, note,
                         label="LPCAM (this image's pixels)" if own else None, approximate=own)
 
 
@@ -88,6 +99,10 @@ register(MethodSpec(
               "still rank the class within their top N classes (0 = every non-class centre is context).",
               0, 1000, 1),
         Param("use_bias", False, "Add the classifier bias when scoring centres (the paper's head has none)."),
+        Param("source", "bank", "Where the class's pixel features come from. bank: the bank given (the Feature "
+              "space page's, the CLI's --bank), else the backbone's dataset bank (testbed models: their train "
+              "split, built on first use and cached), else this image's. image: this image's own pixels.",
+              choices=("bank", "image")),
         Param("multiscale", True, "Average scales 1, 0.5, 1.5, 2 with mirror images, as the official code "
               "(7 extra forward passes); off: one scale, faster."),
     ),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
+from ...banks import DatasetBank
+from ...testbed.generate import generate
 from ...testbed.models import build_model
 from ..backbone import Backbone, BackboneError
 from ..registry import register_backbone
@@ -33,9 +36,25 @@ def load_testbed(prefix: str | Path, name: str | None = None) -> Backbone:
     source = (f"trained on the testbed by cam_core (data seed {data.get('seed')}, {card['training']['epochs']} epochs, "
               f"val mAP {val.get('mAP', float('nan')):.3f})")
     # Dilated convolutions ran slower in channels-last on the 2-core CPU.
-    return wrap_timm(model, name or prefix.name, source, list(card["classes"]),
-                     {"input_size": (3, size, size), "mean": card["mean"], "std": card["std"],
-                      "interpolation": "bicubic"}, channels_last=False)
+    bb = wrap_timm(model, name or prefix.name, source, list(card["classes"]),
+                   {"input_size": (3, size, size), "mean": card["mean"], "std": card["std"],
+                    "interpolation": "bicubic"}, channels_last=False)
+    bb.default_bank = training_data_bank(data)
+    return bb
+
+
+def training_data_bank(data: dict) -> DatasetBank | None:
+    """LPCAM's default bank: the train split of the testbed the card's model was trained on,
+    regenerated from its seed (the generator is deterministic) into the cache on first use."""
+    if "n" not in data or "seed" not in data:
+        return None
+    n, seed = int(data["n"]), int(data["seed"])
+    val_fraction = round(int(data["val"]) / n, 6) if "val" in data else 0.2
+    return DatasetBank(
+        name=f"testbed train split (n {n}, seed {seed})", split="train",
+        generate=functools.partial(generate, n=n, seed=seed, val_fraction=val_fraction),
+        data_id=f"testbed-n{n}-seed{seed}-val{val_fraction:g}",
+    )
 
 
 for _arch in ("cnn", "vit"):
