@@ -110,6 +110,7 @@ def evaluate_image(
     bank=None,
     metric_score: str = "softmax",
     batch_size: int = 0,
+    layer: str | None = None,
 ) -> list[dict]:
     """Everything the evaluation computes on one image, one row per method (JSON-ready).
 
@@ -120,7 +121,9 @@ def evaluate_image(
     top-1 class's map), and ``stats``: the sums the totals are built from (sparse confusion
     matrices per background threshold, body/part hits, localisation hits per box threshold,
     each class's energy, pointing hit, best IoU per CAM threshold (MaxBoxAccV2), pixel
-    histograms (PxAP)). An image without a labelled class gives no rows."""
+    histograms (PxAP)) and the image's class indices (``labels``, for per-class results).
+    ``layer``: the feature layer the methods read (None: the backbone's default). An image
+    without a labelled class gives no rows."""
     params = params or {}
     metrics = [m for m in FAITHFULNESS if m in set(metrics)]
     names = sample.class_names
@@ -129,7 +132,7 @@ def evaluate_image(
     if not classes:
         return []
     image = sample.image()
-    fwd = explainer.forward(image)
+    fwd = explainer.forward(image, layer)
     top1 = int(fwd.probs.argmax())
     parts = sample.parts
     n = len(names) + 1
@@ -142,7 +145,7 @@ def evaluate_image(
         if "labels" in {p.name for p in spec.params} and not given.get("labels"):
             # SIPE seeds all of the image's classes against each other: give it the truth
             given["labels"] = ",".join(str(c) for c in classes)
-        results = {c: explainer.compute(image, m, c, params=given, bank=bank) for c in wanted}
+        results = {c: explainer.compute(image, m, c, layer, params=given, bank=bank) for c in wanted}
         maps = {c: to_image_map(results[c].map, image.size, "max") for c in wanted}
         seconds = time.perf_counter() - t0
         stack = np.stack([maps[c] for c in classes])
@@ -198,7 +201,7 @@ def evaluate_image(
         row["stats"] = {
             "conf": conf, "body": body or None, "part": part or None, "loc_hits": loc_hits, "loc_total": loc_total,
             "top1_hits": top1_hits, "energy": energy, "pointing": pointing, "box_ious": box_ious,
-            "px_true": px_true.tolist(), "px_false": px_false.tolist(),
+            "px_true": px_true.tolist(), "px_false": px_false.tolist(), "labels": list(classes),
         }
         rows.append(row)
     return rows
@@ -309,10 +312,11 @@ class EvalJob:
     bank: object = None
     metric_score: str = "softmax"
     batch_size: int = 0
+    layer: str | None = None
 
     def __call__(self, explainer: Explainer, sample, methods: list[str]) -> list[dict]:
         return evaluate_image(explainer, sample, methods, self.params, self.metrics, self.bank, self.metric_score,
-                              self.batch_size)
+                              self.batch_size, self.layer)
 
 
 class InProcess:
@@ -425,8 +429,11 @@ def evaluate(
     engine=None,
     store: RowStore | None = None,
     batch_size: int = 0,
+    layer: str | None = None,
+    keep_stats: bool = False,
 ) -> list[dict]:
-    """Totals per method (see the module docstring); per-image rows appended to rows_out.
+    """Totals per method (see the module docstring); per-image rows appended to rows_out
+    (with their ``stats`` when keep_stats: what cam_core.results' per-class tables read).
 
     ``engine``: None or InProcess() runs here; a ``cam_core.distributed.RayEngine`` runs the
     same :func:`evaluate_image` on Ray actors. ``store``: a RowStore to resume from and to
@@ -461,7 +468,7 @@ def evaluate(
     finished = total - len(todo)
     if progress is not None and finished:
         progress(finished, total)
-    job = EvalJob(params, tuple(metrics), bank, metric_score, batch_size)
+    job = EvalJob(params, tuple(metrics), bank, metric_score, batch_size, layer)
     for _, rows in (engine or InProcess()).run(explainer, job, todo):
         if store is not None:
             store.append(rows)
@@ -485,7 +492,7 @@ def evaluate(
         conf = np.zeros((n, n), np.int64)
         for g, p, c in row["stats"]["conf"][THRESHOLDS.index(best[row["method"]])]:
             conf[g, p] += c
-        out = {k: v for k, v in row.items() if k != "stats"}
+        out = dict(row) if keep_stats else {k: v for k, v in row.items() if k != "stats"}
         out["mIoU_at_best_t"] = round(float(np.nanmean(iou_from_confusion(conf))), 4)
         if rows_out is not None:
             rows_out.append(out)
