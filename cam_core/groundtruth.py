@@ -140,10 +140,22 @@ def _voc_ground_truth(path: Path, size: tuple[int, int], class_name: str | None)
     return GroundTruth(size, mask if mask.any() else None, boxes, f"{root.name} ({what})", gt == VOID)
 
 
+def _fit(mask: np.ndarray, size: tuple[int, int], path: Path) -> tuple[np.ndarray, float]:
+    """A mask of the original picture on its downscaled working copy (images.WORKING_MAX_SIDE):
+    resized (nearest) when it is larger with the same aspect ratio, else a GroundTruthError."""
+    (mh, mw), (h, w) = mask.shape, size
+    scale = h / mh
+    if mh > h and abs(w / mw - scale) * max(mh, mw) <= 1.0:
+        return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0, scale
+    raise GroundTruthError(f"{path.name} is {mw} x {mh} pixels, the image {w} x {h}")
+
+
 def find_ground_truth(image_path: str | Path, size: tuple[int, int], class_name: str | None = None
                       ) -> GroundTruth | None:
     """The ground truth that comes with the image file at ``image_path`` (see the module
-    docstring), for a picture of ``size`` (height, width); None when there is none."""
+    docstring), for a picture of ``size`` (height, width); None when there is none. A mask of
+    the original picture found with its downscaled working copy is resized to it (and the
+    boxes scaled alike)."""
     path = Path(image_path)
     voc = _voc_ground_truth(path, size, class_name)
     if voc is not None:
@@ -153,8 +165,14 @@ def find_ground_truth(image_path: str | Path, size: tuple[int, int], class_name:
     boxes_path = _first([d / f"{path.stem}{BOXES_SUFFIX}" for d in dirs])
     if mask_path is None and boxes_path is None:
         return None
-    mask = read_mask(mask_path, size) if mask_path is not None else None
-    boxes = tuple(parse_box(",".join(map(str, b)), size) for b in read_boxes(boxes_path)) if boxes_path else ()
+    mask, scale = None, 1.0
+    if mask_path is not None:
+        mask = read_mask(mask_path)
+        if mask.shape != tuple(size):
+            mask, scale = _fit(mask, size, mask_path)
+    boxes = ()
+    if boxes_path is not None:
+        boxes = tuple(parse_box(",".join(str(v * scale) for v in b), size) for b in read_boxes(boxes_path))
     source = ", ".join(p.name for p in (mask_path, boxes_path) if p is not None)
     return GroundTruth(size, mask, boxes, source)
 

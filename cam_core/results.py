@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .evaluate import RowStore, method_params
+from .metrics import FAITHFULNESS
 
 # The per-image numbers a row has, and whether a higher value is the better one.
 HIGHER_IS_BETTER = {
@@ -144,3 +145,15 @@ def per_class(rows: list[dict], summaries: list[dict], class_names) -> list[dict
             "energy_pointing_game": round(float(np.mean(a["energy"])), 4) if a["energy"] else float("nan"),
         })
     return out
+
+
+def shown_class(row: dict, metric: str, class_names) -> int:
+    """The class a failure tile of this row shows: the top-1 class for a faithfulness metric
+    (the map they score), else the image's class whose map put the least energy inside its
+    boxes (the first class when the energies are not per class). Needs the row's stats."""
+    if metric in FAITHFULNESS:
+        return list(class_names).index(row["top1"])
+    labels, energy = row["stats"]["labels"], row["stats"]["energy"]
+    if len(energy) == len(labels) and labels:
+        return labels[int(np.argmin(energy))]
+    return labels[0]

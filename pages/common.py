@@ -54,10 +54,15 @@ def bank_dir() -> Path:
     return Path(os.environ.get("CAM_EXPLORER_BANK_DIR", ROOT / "banks"))
 
 
+def testbed_dir() -> Path:
+    """Where the Evaluate page generates the testbed on first use: CAM_EXPLORER_TESTBED_DIR, else ./data/testbed."""
+    return Path(os.environ.get("CAM_EXPLORER_TESTBED_DIR", ROOT / "data" / "testbed"))
+
+
 def allowed_image_dirs() -> list[Path]:
-    """Folders a typed path may point into: the samples, plus CAM_EXPLORER_IMAGE_DIRS (':'-separated)."""
+    """Folders a typed path may point into: the samples, the testbed, plus CAM_EXPLORER_IMAGE_DIRS (':'-separated)."""
     extra = [Path(p) for p in os.environ.get("CAM_EXPLORER_IMAGE_DIRS", "").split(os.pathsep) if p]
-    return [SAMPLES, *extra]
+    return [SAMPLES, testbed_dir(), *extra]
 
 
 @st.cache_resource(show_spinner="Loading the backbone…", max_entries=6)

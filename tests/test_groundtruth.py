@@ -39,6 +39,8 @@ def test_a_mask_and_boxes_next_to_an_image(tmp_path):
     assert np.array_equal(gt.region, mask > 0)
     with pytest.raises(GroundTruthError, match="12 x 10 pixels, the image 13 x 10"):
         find_ground_truth(tmp_path / "pic.png", (10, 13))
+    half = find_ground_truth(tmp_path / "pic.png", (5, 6))  # the picture's downscaled working copy
+    assert np.array_equal(half.mask, (mask > 0)[::2, ::2]) and half.boxes == ((2, 1, 3, 2), (0, 0, 0, 0))
     (tmp_path / "pic_annotations.json").write_text("{}")
     with pytest.raises(GroundTruthError, match="bounding_boxes"):
         find_ground_truth(tmp_path / "pic.png", (10, 12))

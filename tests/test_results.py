@@ -9,7 +9,7 @@ from cam_core import Explainer, load_backbone
 from cam_core.evaluate import evaluate
 from cam_core.metrics import pointing_game
 from cam_core.render import to_image_map
-from cam_core.results import ResultCache, dataset_key, disagreements, per_class, rank_failures
+from cam_core.results import ResultCache, dataset_key, disagreements, per_class, rank_failures, shown_class
 from cam_core.testbed.generate import generate
 from cam_core.voc import VOCDataset
 
@@ -106,3 +106,11 @@ def test_evaluate_reads_the_layer_it_is_given(testbed, explainer):
             m = to_image_map(explainer.compute(image, "gradcam", c, "layer3").map, image.size, "minmax")
             hits.append(int(pointing_game(m, sample.mask == c + 1)))
         assert row["stats"]["pointing"] == hits and row["stats"]["labels"] == sample.labels
+
+
+def test_the_class_a_failure_tile_shows():
+    row = {"top1": "y", "stats": {"labels": [0, 2], "energy": [0.7, 0.3]}}
+    assert shown_class(row, "deletion", ["x", "y", "z"]) == 1  # the map faithfulness scored: top-1
+    assert shown_class(row, "pointing_game", ["x", "y", "z"]) == 2  # least energy inside its boxes
+    row["stats"]["energy"] = [0.7]
+    assert shown_class(row, "energy_pointing_game", ["x", "y", "z"]) == 0
