@@ -13,6 +13,7 @@ from cam_core.render import (
     render_tile,
     to_image_map,
 )
+from pages import scores
 from pages.common import USER_ERRORS, drop_stale_choice, grid_png, param_input, sidebar, tile_npy, tile_png
 
 DEFAULT_METHODS = ["cam", "gradcam", "gradcampp", "layercam", "eigencam"]
@@ -69,6 +70,7 @@ with right:
                                    help="More than 1: one row per class, the top-k predictions.")
 
 targets = [p.index for p in preds[: int(side_by_side)]] if side_by_side > 1 else [st.session_state["target"]]
+gts = scores.ground_truth(image, bb, targets)
 
 # ----- methods, layer, parameters ------------------------------------------------------------
 specs = {s.name: s for s in ex.methods()}
@@ -120,7 +122,7 @@ for t in targets:
         except USER_ERRORS as exc:
             errors[(t, m)] = str(exc)
 
-left.image(display_rgb, caption=f"{image.name} ({image.size[1]}×{image.size[0]}) → {bb.input_size[1]}×{bb.input_size[0]}")
+left.image(scores.outlined(display_rgb, gts.get(targets[0])), caption=f"{image.name} ({image.size[1]}×{image.size[0]}) → {bb.input_size[1]}×{bb.input_size[0]}")
 fwd = ex.forward(image, layer)
 timing = st.empty()
 sheet_tiles: list[tuple[str, object]] = []
@@ -133,13 +135,14 @@ def fill_tile(cell, m: str, t: int) -> None:
             st.error(err or "not computed")
             return
         m01 = to_image_map(res.map, display_rgb.shape[:2], norm)
-        tile = render_tile(display_rgb, m01, opacity, cmap, threshold)
+        tile = scores.outlined(render_tile(display_rgb, m01, opacity, cmap, threshold), gts.get(t))
         st.image(tile, width="stretch")
         if show_raw:
             st.image(colorize(m01, cmap), width="stretch", caption="raw map")
         flags = " · approximate" if res.approximate else ""
         st.caption(f"{res.target_name} · {res.ms:.1f} ms · {tuple(res.map.shape)}{flags}",
                    help=res.note or None)
+        scores.score_line(ex, image, res, gts.get(t), layer)
         sheet_tiles.append((f"{specs[m].label} | {res.target_name}", tile))
         b1, b2 = st.columns(2)
         stem = f"{image.stem}_{m}_{t}"
@@ -207,3 +210,5 @@ if sheet_tiles:
         "Download the whole grid (PNG)",
         grid_png([("image", display_rgb), *sheet_tiles], per_row + 1),
         file_name=f"{image.stem}_grid.png", mime="image/png", key="grid_png", on_click="ignore")
+scores.faithfulness(ex, image, results, specs, layer)
+scores.agreement_matrix(results, targets[0], display_rgb.shape[:2], norm, threshold, specs)
