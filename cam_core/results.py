@@ -34,14 +34,14 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def dataset_key(root: str | Path, split: str) -> dict:
+def dataset_key(dataset) -> dict:
     """What names a dataset in the cache: its folder (resolved), the split, and a digest of
-    the split's image ids (a folder generated again with other images gets other results;
-    images edited in place under the same ids are not noticed)."""
-    root = Path(root).resolve()
-    split_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
-    ids = split_file.read_text() if split_file.is_file() else ""
-    return {"dataset": str(root), "split": split, "ids": hashlib.sha256(ids.encode()).hexdigest()[:16]}
+    its image ids (a folder generated again with other images gets other results; images
+    edited in place under the same ids are not noticed). ``dataset``: a VOCDataset or an
+    ImageFolder."""
+    ids = "\n".join(dataset.ids)
+    return {"dataset": str(Path(dataset.root).resolve()), "split": dataset.split,
+            "ids": hashlib.sha256(ids.encode()).hexdigest()[:16]}
 
 
 class ResultCache:

@@ -11,12 +11,13 @@ import pandas as pd
 import streamlit as st
 
 from cam_core import BACKBONES
-from cam_core.evaluate import evaluate
+from cam_core.evaluate import ImageFolder, evaluate, evaluate_faithfulness
 from cam_core.groundtruth import GroundTruthError, find_ground_truth, outline
-from cam_core.images import ImageError, resolve_under
+from cam_core.images import ImageError, load_image, resolve_under
 from cam_core.metrics import FAITHFULNESS
 from cam_core.render import downscale_for_display, render_tile, to_image_map
-from cam_core.results import HIGHER_IS_BETTER, ResultCache, dataset_key, disagreements, per_class, rank_failures, shown_class
+from cam_core.results import (HIGHER_IS_BETTER, ResultCache, dataset_key, disagreements, per_class, rank_failures,
+                               shown_class)
 from cam_core.testbed.generate import generate
 from cam_core.voc import DatasetError, VOCDataset, VOCSample
 from pages.common import (EXTRA_BACKBONES, ROOT, USER_ERRORS, allowed_image_dirs, drop_stale_choice, get_explainer,
@@ -24,6 +25,7 @@ from pages.common import (EXTRA_BACKBONES, ROOT, USER_ERRORS, allowed_image_dirs
 
 TESTBED = "Testbed (val split, generated on first use)"
 VOC = "VOC-layout folder"
+FOLDER = "Image folder (no ground truth: faithfulness only)"
 DEFAULT_BACKBONE = "testbed-cnn"
 DEFAULT_METHODS = ["cam", "gradcam"]
 # The columns of `cam_core evaluate`'s printed table, in its order (faithfulness ones added when asked)
@@ -50,25 +52,27 @@ def ensure_testbed(root: str, n: int) -> str:
     return root
 
 
-def dataset_controls() -> VOCDataset | None:
-    kind = st.radio("Dataset", [TESTBED, VOC], key="ev_kind", horizontal=True)
+def dataset_controls() -> VOCDataset | ImageFolder | None:
+    kind = st.radio("Dataset", [TESTBED, VOC, FOLDER], key="ev_kind", horizontal=True)
     try:
         if kind == TESTBED:
             return VOCDataset(ensure_testbed(str(testbed_dir()), testbed_size()), "val")
         c1, c2 = st.columns([3, 1])
-        typed = c1.text_input("Folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/) under "
-                              + ", ".join(str(d) for d in allowed_image_dirs()), key="ev_folder")
-        split = c2.text_input("Split", "val", key="ev_split")
+        what = "VOC-layout folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)" if kind == VOC else \
+            "Folder of images (sub-folders included)"
+        typed = c1.text_input(f"{what} under " + ", ".join(str(d) for d in allowed_image_dirs()), key="ev_folder")
+        split = c2.text_input("Split", "val", key="ev_split") if kind == VOC else None
         if not typed:
-            st.info("Type the folder of a VOC-layout dataset.")
+            st.info("Type the folder's path.")
             return None
-        return VOCDataset(resolve_under(typed, allowed_image_dirs()), split)
+        root = resolve_under(typed, allowed_image_dirs())
+        return VOCDataset(root, split) if kind == VOC else ImageFolder(root)
     except (ImageError, DatasetError, OSError, ValueError) as exc:
         st.error(str(exc))
         return None
 
 
-def method_controls(ex, key: str):
+def method_controls(ex, key: str, folder: bool):
     specs = {s.name: s for s in ex.methods()}
     drop_stale_choice("ev_methods", specs)
     methods = st.multiselect("Methods", list(specs), default=[m for m in DEFAULT_METHODS if m in specs],
@@ -85,20 +89,21 @@ def method_controls(ex, key: str):
                 params.setdefault(m, {})[p.name] = param_input(p, f"{specs[m].label}: {p.name}",
                                                                key=f"ev_param_{m}_{p.name}")
         metrics = st.multiselect("Faithfulness metrics (of the top-1 class's map; slow: many forwards per image)",
-                                 FAITHFULNESS, key="ev_metrics")
+                                 FAITHFULNESS, default=["deletion", "insertion"] if folder else [],
+                                 key="ev_metrics_folder" if folder else "ev_metrics")
         limit = st.number_input("First N images only (0 = all)", 0, None, 0, key="ev_limit")
     return methods, layer, params, metrics, int(limit) or None
 
 
 def summary_table(summaries: list[dict], metrics: list[str]) -> pd.DataFrame:
-    keys = SUMMARY_KEYS + list(metrics) + ["seconds_per_image"]
+    keys = [k for k in SUMMARY_KEYS if any(k in s for s in summaries)] + list(metrics) + ["seconds_per_image"]
     return pd.DataFrame([{"method": s["method"], **{k: s.get(k, float("nan")) for k in keys}} for s in summaries]
                         ).set_index("method")
 
 
 def run_evaluation(ds, ex, methods, layer, params, metrics, limit) -> None:
     settings = (str(ds.root), ds.split, ex.backbone.name, layer, tuple(methods), repr(params), tuple(metrics), limit)
-    cache = ResultCache(cache_dir(), dataset_key(ds.root, ds.split), ex.backbone.name, layer, methods, params)
+    cache = ResultCache(cache_dir(), dataset_key(ds), ex.backbone.name, layer, methods, params)
     total = min(len(ds), limit or len(ds))
     have = cache.cached_images()
     st.caption(f"{total} images · cached on disk: " + ", ".join(f"{m} {min(n, total)}" for m, n in have.items()))
@@ -119,9 +124,13 @@ def run_evaluation(ds, ex, methods, layer, params, metrics, limit) -> None:
         bar.progress(done / n, text=f"{done}/{n} images")
 
     rows: list[dict] = []
+    folder = isinstance(ds, ImageFolder)
     try:
-        summaries = evaluate(ds, ex, methods, params, limit=limit, progress=progress, rows_out=rows, metrics=metrics,
-                             store=cache, layer=layer, keep_stats=True)
+        if folder:
+            summaries = evaluate_faithfulness(ds, ex, methods, params, metrics, limit, progress, rows, cache, layer)
+        else:
+            summaries = evaluate(ds, ex, methods, params, limit=limit, progress=progress, rows_out=rows,
+                                 metrics=metrics, store=cache, layer=layer, keep_stats=True)
     except (*USER_ERRORS, ValueError) as exc:
         st.error(str(exc))
         return
@@ -129,26 +138,28 @@ def run_evaluation(ds, ex, methods, layer, params, metrics, limit) -> None:
         st.session_state.pop("ev_active", None)
     bar.empty()
     st.session_state["ev_result"] = {
-        "root": str(ds.root), "split": ds.split, "class_names": ds.class_names, "backbone": ex.backbone.name,
+        "root": str(ds.root), "split": ds.split, "folder": folder, "backbone": ex.backbone.name,
+        "class_names": tuple(ex.backbone.class_names) if folder else ds.class_names,
         "layer": layer, "methods": methods, "params": params, "metrics": metrics, "summaries": summaries, "rows": rows,
     }
 
 
 def _tile(ex, result: dict, row: dict, method: str, cls: int, caption: str, key: str) -> None:
-    sample = VOCSample(row["image"], Path(result["root"]), tuple(result["class_names"]))
-    image = sample.image()
+    root = Path(result["root"])
+    path = root / row["image"] if result["folder"] else VOCSample(row["image"], root, ()).image_path
+    image = load_image(path)
     try:
         res = ex.compute(image, method, cls, result["layer"], result["params"].get(method))
     except USER_ERRORS as exc:
         st.error(str(exc))
         return
     display, _ = downscale_for_display(image.rgb, 320)
-    gt = find_ground_truth(sample.image_path, image.size, result["class_names"][cls])
+    gt = find_ground_truth(path, image.size, result["class_names"][cls])
     tile = render_tile(display, to_image_map(res.map, display.shape[:2], "minmax"), 0.5, "jet")
     st.image(outline(tile, gt) if gt is not None else tile, width="stretch")
     st.caption(caption)
     specs = {s.name: s for s in ex.methods()}
-    state = {"image_source": "Path", "image_path": str(sample.image_path), "backbone_choice": result["backbone"],
+    state = {"image_source": "Path", "image_path": str(path), "backbone_choice": result["backbone"],
              "methods": [method], f"layer_{result['backbone']}": result["layer"], "target_for":
              (image.sha256, result["backbone"]), "target": cls, "topk": 1, "ev_open_compare": True,
              **{f"param_{method}_{p.name}": result["params"].get(method, {}).get(p.name, p.default)
@@ -203,20 +214,22 @@ if ds is not None:
     name = st.selectbox("Backbone", choices, index=choices.index(DEFAULT_BACKBONE), key="ev_backbone",
                         help="Its classes must be the dataset's (the testbed's models for the testbed).")
     ex = get_explainer(name, sel.device)
-    if ex.backbone.num_classes != len(ds.class_names):
+    folder = isinstance(ds, ImageFolder)
+    if not folder and ex.backbone.num_classes != len(ds.class_names):
         st.error(f"{name} has {ex.backbone.num_classes} classes, the dataset {len(ds.class_names)}: choose a "
                  "backbone trained on its classes.")
     else:
-        run_evaluation(ds, ex, *method_controls(ex, name))
+        run_evaluation(ds, ex, *method_controls(ex, name, folder))
 
 result = st.session_state.get("ev_result")
 if result is not None:
     st.subheader("Summary")
     st.caption(f"{result['backbone']} · layer `{result['layer']}` · {result['root']} ({result['split']})")
     st.dataframe(summary_table(result["summaries"], result["metrics"]))
-    st.subheader("Per class")
-    st.dataframe(pd.DataFrame(per_class(result["rows"], result["summaries"], result["class_names"])),
-                 hide_index=True)
+    if not result["folder"]:
+        st.subheader("Per class")
+        st.dataframe(pd.DataFrame(per_class(result["rows"], result["summaries"], result["class_names"])),
+                     hide_index=True)
     try:
         gallery(get_explainer(result["backbone"], sel.device), result)
     except (GroundTruthError, ImageError, OSError) as exc:

@@ -74,6 +74,7 @@ def testbed_cnn():
     return Explainer(load_backbone("testbed-cnn"))
 
 
+@pytest.mark.slow
 def test_score_faithfulness_plots_the_curves_of_the_shown_tiles(app, testbed_cnn):
     app.selectbox(key="backbone_choice").set_value("testbed-cnn").run()
     app.multiselect(key="methods").set_value(["cam", "layercam"]).run()

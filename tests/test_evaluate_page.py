@@ -112,3 +112,39 @@ def test_a_folder_outside_the_allowed_ones_and_a_backbone_of_other_classes_are_m
     page.selectbox(key="ev_backbone").set_value("random:resnet18").run()
     assert any("1000 classes, the dataset 8" in e.value for e in page.error)
     assert not page.exception
+
+
+@pytest.mark.slow
+def test_an_image_folder_gives_faithfulness_only(page, tmp_path, monkeypatch):
+    import shutil
+
+    from helpers import SAMPLES
+
+    from cam_core import Explainer, load_backbone, load_image
+    from cam_core.metrics import deletion
+
+    folder = tmp_path / "imgs" / "pets"
+    folder.mkdir(parents=True)
+    for name in ("cat.png", "dog.jpg"):
+        shutil.copy(SAMPLES / name, folder / name)
+    monkeypatch.setenv("CAM_EXPLORER_IMAGE_DIRS", str(tmp_path / "imgs"))
+    page.radio(key="ev_kind").set_value("Image folder (no ground truth: faithfulness only)").run()
+    page.text_input(key="ev_folder").set_value("pets").run()
+    page.multiselect(key="ev_methods").set_value(["cam"]).run()
+    page.multiselect(key="ev_metrics_folder").set_value(["deletion"]).run()
+    _run(page)
+    table = page.dataframe[0].value
+    assert list(table.columns) == ["images", "deletion", "seconds_per_image"] and len(page.dataframe) == 1
+    ex = Explainer(load_backbone("testbed-cnn"))
+    aucs = {}
+    for name in ("cat.png", "dog.jpg"):
+        image = load_image(folder / name)
+        fwd = ex.forward(image)
+        t = int(fwd.probs.argmax())
+        aucs[name] = deletion(fwd.backbone.model, fwd.input, ex.compute(image, "cam", t).map, t).auc
+    assert table.loc["cam", "deletion"] == pytest.approx(sum(aucs.values()) / 2, abs=1e-4)
+    tiles = [c.value.split(" · ")[0] for c in page.caption if " · deletion " in c.value]
+    assert tiles == sorted(aucs, key=aucs.get, reverse=True)  # deletion: the highest AUC is the worst
+    page.button(key="ev_open_0").click().run()
+    assert not page.exception and page.session_state["image_path"] == str(folder / tiles[0])
+    assert any(c.value.startswith(tiles[0]) for c in page.sidebar.caption)

@@ -68,7 +68,7 @@ def test_per_class_from_constructed_rows():
 
 def test_the_cache_serves_a_second_run_and_keys_by_method_parameters_and_layer(testbed, explainer, tmp_path):
     ds = VOCDataset(testbed, "val")
-    key = dataset_key(testbed, "val")
+    key = dataset_key(ds)
 
     def run():
         cache = ResultCache(tmp_path, key, "testbed-cnn", "features", ["cam", "gradcam"])
@@ -91,7 +91,7 @@ def test_the_cache_serves_a_second_run_and_keys_by_method_parameters_and_layer(t
     assert other.stores["cam"].path == cache.stores["cam"].path
     layer_cache = ResultCache(tmp_path, key, "testbed-cnn", "layer3", ["cam"])
     assert layer_cache.cached_images() == {"cam": 0} and layer_cache.stores["cam"].path != cache.stores["cam"].path
-    assert ResultCache(tmp_path, dataset_key(testbed, "train"), "testbed-cnn", "features", ["cam"]
+    assert ResultCache(tmp_path, dataset_key(VOCDataset(testbed, "train")), "testbed-cnn", "features", ["cam"]
                        ).cached_images() == {"cam": 0}
 
 
@@ -114,3 +114,39 @@ def test_the_class_a_failure_tile_shows():
     assert shown_class(row, "pointing_game", ["x", "y", "z"]) == 2  # least energy inside its boxes
     row["stats"]["energy"] = [0.7]
     assert shown_class(row, "energy_pointing_game", ["x", "y", "z"]) == 0
+
+
+def test_faithfulness_only_on_a_folder_resumes_from_its_store(tmp_path):
+    import shutil
+
+    from helpers import SAMPLES, toy_backbone
+
+    from cam_core.evaluate import ImageFolder, RowStore, evaluate_faithfulness
+    from cam_core.images import load_image
+    from cam_core.metrics import deletion, insertion
+
+    (tmp_path / "imgs" / "b").mkdir(parents=True)
+    shutil.copy(SAMPLES / "cat.png", tmp_path / "imgs" / "cat.png")
+    shutil.copy(SAMPLES / "dog.jpg", tmp_path / "imgs" / "b" / "dog.jpg")
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    explainer = Explainer(toy_backbone())  # 32 x 32: a deletion game is 33 tiny forwards
+    folder = ImageFolder(tmp_path / "imgs")
+    assert folder.ids == ["b/dog.jpg", "cat.png"]
+    store = RowStore(tmp_path / "rows.jsonl", {"dataset": "imgs"})
+    rows: list = []
+    summaries = evaluate_faithfulness(folder, explainer, ["gradcam"], metrics=["deletion", "insertion"],
+                                      rows_out=rows, store=store)
+    for row in rows:
+        image = load_image(tmp_path / "imgs" / row["image"])
+        fwd = explainer.forward(image)
+        t = int(fwd.probs.argmax())
+        m = explainer.compute(image, "gradcam", t).map
+        assert row["top1"] == explainer.backbone.class_names[t]
+        assert row["deletion"] == pytest.approx(deletion(fwd.backbone.model, fwd.input, m, t).auc)
+        assert row["insertion"] == pytest.approx(insertion(fwd.backbone.model, fwd.input, m, t).auc)
+    assert summaries[0]["deletion"] == pytest.approx(np.mean([r["deletion"] for r in rows]), abs=1e-4)
+    lines = len(store.path.read_text().splitlines())
+    again = evaluate_faithfulness(folder, explainer, ["gradcam"], metrics=["deletion"], store=store)
+    assert again[0]["deletion"] == summaries[0]["deletion"] and len(store.path.read_text().splitlines()) == lines
+    with pytest.raises(ValueError, match="at least one faithfulness metric"):
+        evaluate_faithfulness(folder, explainer, ["gradcam"], metrics=[])
