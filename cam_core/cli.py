@@ -48,11 +48,11 @@ from PIL import Image
 
 from .backbones import BackboneError, device_label, load_backbone, resolve_device
 from .engine import Explainer, InputSizeError, LayerError, resolve_input_size
+from .groundtruth import GroundTruthError, ground_truth_scores, read_mask
 from .images import ImageError, load_image
 from .kmeans import KMeansError
 from .methods import METHODS, Cancelled, MethodError, get_method
 from .methods.base import NEEDS_BANK
-from .groundtruth import GroundTruthError, ground_truth_scores, read_mask
 from .metrics import FAITHFULNESS, GROUND_TRUTH, SCORES, boxes_mask, faithfulness
 from .prototypes import BankError, PrototypeBank, build_bank, folder_items
 from .render import COLORMAPS, NORMALISATIONS, overlay, to_image_map

@@ -92,7 +92,7 @@ def parse_box(text: str, size: tuple[int, int] | None = None) -> Box:
     """``"X0,Y0,X1,Y1"`` (pixels, inclusive; spaces allowed) as a box; with ``size`` (height,
     width) it must start inside the image (its far corner is clipped to it)."""
     try:
-        x0, y0, x1, y1 = (int(round(float(v))) for v in text.replace(" ", "").split(","))
+        x0, y0, x1, y1 = (round(float(v)) for v in text.replace(" ", "").split(","))
     except ValueError:
         raise GroundTruthError(f"expected X0,Y0,X1,Y1 (four numbers, pixels), got {text!r}") from None
     if x1 < x0 or y1 < y0 or min(x0, y0) < 0:
@@ -109,7 +109,7 @@ def read_boxes(path: str | Path) -> tuple[Box, ...]:
     """The boxes of an imgaug-style annotation file (see the module docstring)."""
     try:
         data = json.loads(Path(path).read_text())
-        return tuple(tuple(int(round(float(b[k]))) for k in ("x1", "y1", "x2", "y2")) for b in data["bounding_boxes"])
+        return tuple(tuple(round(float(b[k])) for k in ("x1", "y1", "x2", "y2")) for b in data["bounding_boxes"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise GroundTruthError(f"{path}: not an annotation file with bounding_boxes x1, y1, x2, y2 ({exc})") from None
 

@@ -16,12 +16,28 @@ from cam_core.groundtruth import GroundTruthError, find_ground_truth, outline
 from cam_core.images import ImageError, load_image, resolve_under
 from cam_core.metrics import FAITHFULNESS
 from cam_core.render import downscale_for_display, render_tile, to_image_map
-from cam_core.results import (HIGHER_IS_BETTER, ResultCache, dataset_key, disagreements, per_class, rank_failures,
-                               shown_class)
+from cam_core.results import (
+    HIGHER_IS_BETTER,
+    ResultCache,
+    dataset_key,
+    disagreements,
+    per_class,
+    rank_failures,
+    shown_class,
+)
 from cam_core.testbed.generate import generate
 from cam_core.voc import DatasetError, VOCDataset, VOCSample
-from pages.common import (EXTRA_BACKBONES, ROOT, USER_ERRORS, allowed_image_dirs, drop_stale_choice, get_explainer,
-                          param_input, sidebar, testbed_dir)
+from pages.common import (
+    EXTRA_BACKBONES,
+    ROOT,
+    USER_ERRORS,
+    allowed_image_dirs,
+    drop_stale_choice,
+    get_explainer,
+    param_input,
+    sidebar,
+    testbed_dir,
+)
 
 TESTBED = "Testbed (val split, generated on first use)"
 VOC = "VOC-layout folder"
@@ -41,7 +57,7 @@ def cache_dir() -> Path:
 
 def testbed_size() -> int:
     """Images of the generated testbed (CAM_EXPLORER_TESTBED_N; 1200 as `cam_core testbed generate`)."""
-    return int(os.environ.get("CAM_EXPLORER_TESTBED_N", 1200))
+    return int(os.environ.get("CAM_EXPLORER_TESTBED_N", "1200"))
 
 
 @st.cache_resource(show_spinner="Generating the testbed (first use)…")

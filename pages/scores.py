@@ -13,8 +13,15 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from cam_core.groundtruth import GroundTruth, GroundTruthError, find_ground_truth, ground_truth_scores, outline, \
-    parse_box, read_mask
+from cam_core.groundtruth import (
+    GroundTruth,
+    GroundTruthError,
+    find_ground_truth,
+    ground_truth_scores,
+    outline,
+    parse_box,
+    read_mask,
+)
 from cam_core.metrics import agreement, confidence_change, deletion, insertion
 from cam_core.render import to_image_map
 

@@ -7,8 +7,15 @@ import pytest
 from helpers import SAMPLES
 from PIL import Image
 
-from cam_core.groundtruth import (GroundTruth, GroundTruthError, find_ground_truth, ground_truth_scores, outline,
-                                  parse_box, read_mask)
+from cam_core.groundtruth import (
+    GroundTruth,
+    GroundTruthError,
+    find_ground_truth,
+    ground_truth_scores,
+    outline,
+    parse_box,
+    read_mask,
+)
 from cam_core.images import load_image
 from cam_core.metrics import agreement
 from cam_core.testbed.generate import generate

@@ -9,7 +9,14 @@ from cam_core import Explainer, load_backbone
 from cam_core.evaluate import evaluate
 from cam_core.metrics import pointing_game
 from cam_core.render import to_image_map
-from cam_core.results import ResultCache, dataset_key, disagreements, per_class, rank_failures, shown_class
+from cam_core.results import (
+    ResultCache,
+    dataset_key,
+    disagreements,
+    per_class,
+    rank_failures,
+    shown_class,
+)
 from cam_core.testbed.generate import generate
 from cam_core.voc import VOCDataset
 
@@ -51,7 +58,7 @@ def test_where_two_methods_disagree_most():
 
 
 def test_per_class_from_constructed_rows():
-    stats = lambda labels, pointing, energy: {"labels": labels, "pointing": pointing, "energy": energy}  # noqa: E731
+    stats = lambda labels, pointing, energy: {"labels": labels, "pointing": pointing, "energy": energy}
     rows = [_row("a", "cam", stats=stats([0, 2], [1, 0], [0.8, 0.2])), _row("b", "cam", stats=stats([0], [0], [0.4])),
             _row("a", "gradcam", stats=stats([0, 2], [1, 1], [])),  # energy missing for a class: left out
             ]
