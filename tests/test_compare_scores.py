@@ -106,3 +106,41 @@ def test_the_agreement_matrix_of_the_shown_maps(app, lite0, cat):
     expected = agreement(maps, 0.5)
     assert np.allclose(r, expected.pearson, atol=1e-6) and np.allclose(iou, expected.iou, atol=1e-6)
     assert fig["data"][0]["x"] == ["CAM", "Grad-CAM", "Eigen-CAM"]
+
+
+def test_the_ground_truth_is_outlined_on_the_image_and_the_tiles(app, lite0, monkeypatch):
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    from cam_core.groundtruth import find_ground_truth, outline
+    from cam_core.render import render_tile
+
+    sent: dict[str, bytes] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def keep(self, path_or_data, mimetype, kind, filename=None):  # records what the page sends, unchanged
+        file_id = original(self, path_or_data, mimetype, kind, filename)
+        sent[file_id] = path_or_data
+        return file_id
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", keep)
+    app.multiselect(key="methods").set_value(["gradcam"]).run()
+    app.selectbox(key="sample").set_value("quokka.jpg").run()
+
+    def shown(element):
+        url = element.value[0]
+        return np.asarray(Image.open(io.BytesIO(sent[url.rsplit("/", 1)[1].split(".")[0]])).convert("RGB"))
+
+    image = load_image(SAMPLES / "quokka.jpg")
+    display = downscale_for_display(image.rgb, 640)[0]
+    gt = find_ground_truth(SAMPLES / "quokka.jpg", image.size)
+    pictures = [shown(e) for e in app.get("image")]
+    ex = Explainer(lite0)
+    m = ex.compute(image, "gradcam", int(ex.forward(image).probs.argmax())).map
+    tile = render_tile(display, to_image_map(m, display.shape[:2], "minmax"), 0.5, "jet", 0.0)
+    for picture, plain in ((pictures[0], display), (pictures[1], tile)):
+        drawn = outline(plain, gt, (0, 255, 0))
+        line = (drawn != plain).any(axis=-1)
+        assert line.sum() > 1000  # the mask's contour and the box
+        # Streamlit may re-encode what it is sent (JPEG): compared within a tolerance
+        green = (picture[..., 1] > 200) & (picture[..., 0] < 90) & (picture[..., 2] < 90)
+        assert green[line].mean() > 0.9 and green[~line].mean() < 0.01
