@@ -30,6 +30,7 @@ from cam_core.voc import DatasetError, VOCDataset, VOCSample
 from pages.common import (
     EXTRA_BACKBONES,
     ROOT,
+    SIDEBAR_KEYS,
     USER_ERRORS,
     allowed_image_dirs,
     drop_stale_choice,
@@ -48,6 +49,7 @@ DEFAULT_METHODS = ["cam", "gradcam"]
 SUMMARY_KEYS = ["images", "seed_mIoU", "best_bg_threshold", "fg_precision", "fg_recall", "recall_body", "recall_part",
                 "gt_known_loc", "top1_loc", "energy_pointing_game", "pointing_game", "maxboxacc_v2", "pxap"]
 GALLERY_SIZE = 8
+SIDEBAR = "the sidebar's backbone"
 
 
 def cache_dir() -> Path:
@@ -154,7 +156,8 @@ def run_evaluation(ds, ex, methods, layer, params, metrics, limit) -> None:
         st.session_state.pop("ev_active", None)
     bar.empty()
     st.session_state["ev_result"] = {
-        "root": str(ds.root), "split": ds.split, "folder": folder, "backbone": ex.backbone.name,
+        "root": str(ds.root), "split": ds.split, "folder": folder, "backbone": ex.backbone.name, "explainer": ex,
+        "choice": st.session_state.get("ev_backbone"),
         "class_names": tuple(ex.backbone.class_names) if folder else ds.class_names,
         "layer": layer, "methods": methods, "params": params, "metrics": metrics, "summaries": summaries, "rows": rows,
     }
@@ -175,9 +178,10 @@ def _tile(ex, result: dict, row: dict, method: str, cls: int, caption: str, key:
     st.image(outline(tile, gt) if gt is not None else tile, width="stretch")
     st.caption(caption)
     specs = {s.name: s for s in ex.methods()}
-    state = {"image_source": "Path", "image_path": str(path), "backbone_choice": result["backbone"],
+    state = {"image_source": "Path", "image_path": str(path),
              "methods": [method], f"layer_{result['backbone']}": result["layer"], "target_for":
              (image.sha256, result["backbone"]), "target": cls, "topk": 1, "ev_open_compare": True,
+             **({} if result["choice"] == SIDEBAR else {"backbone_choice": result["backbone"]}),
              **{f"param_{method}_{p.name}": result["params"].get(method, {}).get(p.name, p.default)
                 for p in specs[method].params if p.name != "labels"}}
     # A callback, so that the sidebar's widgets take these values before they are drawn again;
@@ -218,6 +222,9 @@ def gallery(ex, result: dict) -> None:
 
 
 if st.session_state.pop("ev_open_compare", False):
+    for key in SIDEBAR_KEYS:  # kept as sidebar() keeps them: this run draws no widget before it leaves
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
     st.switch_page("pages/compare.py")
 sel = sidebar()
 st.title("Evaluate methods")
@@ -225,11 +232,13 @@ st.caption("Scores against the masks and boxes of a dataset, as `python -m cam_c
            "results are cached on disk, so a stopped run resumes.")
 ds = dataset_controls()
 if ds is not None:
-    choices = list(BACKBONES) + EXTRA_BACKBONES
+    choices = list(BACKBONES) + EXTRA_BACKBONES + [SIDEBAR]
     drop_stale_choice("ev_backbone", choices)
-    name = st.selectbox("Backbone", choices, index=choices.index(DEFAULT_BACKBONE), key="ev_backbone",
-                        help="Its classes must be the dataset's (the testbed's models for the testbed).")
-    ex = get_explainer(name, sel.device)
+    choice = st.selectbox("Backbone", choices, index=choices.index(DEFAULT_BACKBONE), key="ev_backbone",
+                          help="Its classes must be the dataset's (the testbed's models for the testbed). The "
+                               "sidebar's backbone may be a local checkpoint, e.g. one trained on VOC.")
+    ex = sel.explainer if choice == SIDEBAR else get_explainer(choice, sel.device)
+    name = ex.backbone.name
     folder = isinstance(ds, ImageFolder)
     if not folder and ex.backbone.num_classes != len(ds.class_names):
         st.error(f"{name} has {ex.backbone.num_classes} classes, the dataset {len(ds.class_names)}: choose a "
@@ -247,6 +256,6 @@ if result is not None:
         st.dataframe(pd.DataFrame(per_class(result["rows"], result["summaries"], result["class_names"])),
                      hide_index=True)
     try:
-        gallery(get_explainer(result["backbone"], sel.device), result)
+        gallery(result["explainer"], result)
     except (GroundTruthError, ImageError, OSError) as exc:
         st.error(str(exc))

@@ -148,3 +148,15 @@ def test_an_image_folder_gives_faithfulness_only(page, tmp_path, monkeypatch):
     page.button(key="ev_open_0").click().run()
     assert not page.exception and page.session_state["image_path"] == str(folder / tiles[0])
     assert any(c.value.startswith(tiles[0]) for c in page.sidebar.caption)
+
+
+@pytest.mark.slow
+def test_the_sidebars_backbone_can_be_evaluated(page):
+    _run(page)
+    direct = page.dataframe[0].value
+    page.selectbox(key="backbone_choice").set_value("testbed-cnn").run()  # the sidebar's, e.g. a checkpoint
+    page.selectbox(key="ev_backbone").set_value("the sidebar's backbone").run()
+    _run(page)
+    assert page.dataframe[0].value.drop(columns="seconds_per_image").equals(direct.drop(columns="seconds_per_image"))
+    page.button(key="ev_open_0").click().run()
+    assert not page.exception and page.selectbox(key="backbone_choice").value == "testbed-cnn"
