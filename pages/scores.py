@@ -90,11 +90,8 @@ def score_line(ex, image, res, gt: GroundTruth | None, layer: str) -> None:
     best IoU (at the image's resolution, as the CLI); always, the cheap faithfulness numbers:
     the drop in the class's probability when the input is multiplied by the map (one forward,
     Average Drop's term) and whether it rose (Increase in Confidence's)."""
-    if res.target is None:  # a class-agnostic map: scored for the top-1 class
-        target = int(ex.forward(image, layer).probs.argmax())
-    else:
-        target = res.target
     fwd = ex.forward(image, layer)
+    target = int(fwd.probs.argmax()) if res.target is None else res.target  # class-agnostic: for the top-1
     parts = []
     if gt is not None:
         s = fwd.memo(("gt_scores", res.method, target, res.params, _digest(gt)),
@@ -117,6 +114,9 @@ def faithfulness(ex, image, results: dict, specs: dict, layer: str) -> None:
     """"Score faithfulness": RISE's deletion and insertion games (cam_core.metrics) of every
     shown tile, with progress and stop, and one plot of all their curves."""
     labels = {n: s.label for n, s in specs.items()}
+    first = next(iter(results), (None, None))[0]
+    # the shown tiles: a class-agnostic map (Eigen-CAM) once, as the grid shows it
+    results = {k: r for k, r in results.items() if r.target is not None or k[0] == first}
     st.subheader("Faithfulness")
     store = st.session_state.setdefault("faith_curves", {})
     keys = {k: _curve_key(image, ex, layer, k[0], res) for k, res in results.items()}
