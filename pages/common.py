@@ -265,8 +265,10 @@ SIDEBAR_KEYS = ("image_source", "sample", "image_path", "device", "backbone_choi
 # Each page's own controls, kept while the user is on the other page.
 PAGE_KEYS = ("class_query", "class_pick", "topk", "methods", "cmap", "opacity", "norm", "threshold", "per_row",
              "show_raw", "fs_bank_name", "fs_folder", "fs_cap", "fs_colour", "fs_embed", "fs_perplexity",
-             "fs_scale", "fs_target", "fs_threshold", "fs_use_bank")
-PAGE_KEY_PREFIXES = ("layer_", "param_", "fs_lp_", "fs_sipe_")
+             "fs_scale", "fs_target", "fs_threshold", "fs_use_bank", "gt_box", "ev_kind", "ev_folder", "ev_split",
+             "ev_backbone", "ev_methods", "ev_metrics", "ev_metrics_folder", "ev_limit", "ev_gallery_mode",
+             "ev_gallery_metric", "ev_gallery_method", "ev_gallery_other")
+PAGE_KEY_PREFIXES = ("layer_", "param_", "fs_lp_", "fs_sipe_", "ev_layer_", "ev_param_")
 
 
 # Download callables kept per (session, button position) beyond the ones the runs in progress
@@ -342,6 +344,15 @@ def _leave_old_multipage_mode() -> None:
         st.rerun()
 
 
+def keep_widget_state() -> None:
+    """Re-assigning keeps a widget's value when another page draws the same widget, or none
+    (the other page's controls): otherwise Streamlit drops the state of widgets that the run
+    before owned. Buttons and plots cannot be assigned: not listed."""
+    for key in list(st.session_state):
+        if key in SIDEBAR_KEYS or key in PAGE_KEYS or key.startswith(PAGE_KEY_PREFIXES):
+            st.session_state[key] = st.session_state[key]
+
+
 def sidebar() -> Selection:
     """The shared sidebar: image, backbone, device. Keeps the last good image/backbone when
     a new choice fails, so an error never blanks the app."""
@@ -349,12 +360,7 @@ def sidebar() -> Selection:
     keep_download_callables()
     for key, value in SIDEBAR_DEFAULTS.items():
         st.session_state.setdefault(key, value)
-    for key in list(st.session_state):
-        # Re-assigning keeps a widget's value when another page draws the same widget, or
-        # none (the other page's controls): otherwise Streamlit drops the state of widgets
-        # that the run before owned. Buttons and plots cannot be assigned: not listed.
-        if key in SIDEBAR_KEYS or key in PAGE_KEYS or key.startswith(PAGE_KEY_PREFIXES):
-            st.session_state[key] = st.session_state[key]
+    keep_widget_state()
     with st.sidebar:
         st.header("Input")
         image = _image_sidebar()

@@ -30,11 +30,11 @@ from cam_core.voc import DatasetError, VOCDataset, VOCSample
 from pages.common import (
     EXTRA_BACKBONES,
     ROOT,
-    SIDEBAR_KEYS,
     USER_ERRORS,
     allowed_image_dirs,
     drop_stale_choice,
     get_explainer,
+    keep_widget_state,
     param_input,
     sidebar,
     testbed_dir,
@@ -194,6 +194,9 @@ def gallery(ex, result: dict) -> None:
     rows = result["rows"]
     metrics = [m for m in HIGHER_IS_BETTER if any(r.get(m) is not None for r in rows)]
     methods = result["methods"]
+    for key, options in (("ev_gallery_metric", metrics), ("ev_gallery_method", methods),
+                         ("ev_gallery_other", methods)):
+        drop_stale_choice(key, options)  # a kept choice that these results do not have
     c1, c2, c3, c4 = st.columns(4)
     mode = c1.radio("Show", ["worst first", "two methods disagree most"], key="ev_gallery_mode")
     metric = c2.selectbox("Metric", metrics, key="ev_gallery_metric",
@@ -222,9 +225,7 @@ def gallery(ex, result: dict) -> None:
 
 
 if st.session_state.pop("ev_open_compare", False):
-    for key in SIDEBAR_KEYS:  # kept as sidebar() keeps them: this run draws no widget before it leaves
-        if key in st.session_state:
-            st.session_state[key] = st.session_state[key]
+    keep_widget_state()  # as sidebar() does: this run draws no widget before it leaves
     st.switch_page("pages/compare.py")
 sel = sidebar()
 st.title("Evaluate methods")

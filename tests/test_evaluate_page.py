@@ -89,6 +89,11 @@ def test_the_gallery_is_worst_first_and_opens_the_compare_page(page, tmp_path):
     shown_class = tiles[0].split(" · ")[1]
     assert any(c.value.startswith(f"{first}.jpg") for c in page.sidebar.caption)
     assert any(c.value.startswith(shown_class + " · ") for c in page.caption)  # the tile explains that class
+    assert any(c.value.startswith("Outlined in green: mask + ") and c.value.endswith(f"(testbed ({shown_class}))")
+               or c.value.endswith(f"from testbed ({shown_class})") for c in page.caption)  # that class's mask
+    page.switch_page("pages/evaluate.py").run()
+    assert page.multiselect(key="ev_methods").value == ["gradcam"]  # the page's choices are kept
+    assert page.dataframe[0].value.index.tolist() == ["gradcam"]  # and its results
 
 
 def test_a_second_run_resumes_from_the_disk(page, tmp_path):
