@@ -26,6 +26,7 @@ st.set_page_config(page_title="CAM Explorer", page_icon="🔥", layout="wide")
 PAGES = [
     st.Page("pages/compare.py", title="Compare", icon=":material/grid_view:", default=True),
     st.Page("pages/feature_space.py", title="Feature space", icon=":material/scatter_plot:"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
 ]
 
 page = st.navigation(PAGES)

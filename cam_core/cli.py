@@ -48,21 +48,18 @@ from PIL import Image
 
 from .backbones import BackboneError, device_label, load_backbone, resolve_device
 from .engine import Explainer, InputSizeError, LayerError, resolve_input_size
+from .groundtruth import GroundTruthError, ground_truth_scores, read_mask
 from .images import ImageError, load_image
 from .kmeans import KMeansError
 from .methods import METHODS, Cancelled, MethodError, get_method
 from .methods.base import NEEDS_BANK
-from .metrics import FAITHFULNESS, GROUND_TRUTH, SCORES, best_iou, boxes_mask, energy_inside, faithfulness, pointing_game
+from .metrics import FAITHFULNESS, GROUND_TRUTH, SCORES, boxes_mask, faithfulness
 from .prototypes import BankError, PrototypeBank, build_bank, folder_items
 from .render import COLORMAPS, NORMALISATIONS, overlay, to_image_map
 from .targets import TargetError, top_predictions
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 1
-
-
-class GroundTruthError(ValueError):
-    """--mask or --box does not fit an image; the message is meant for the user."""
 
 
 USER_ERRORS = (ImageError, TargetError, LayerError, InputSizeError, MethodError, BackboneError, BankError, KMeansError,
@@ -141,23 +138,6 @@ def _box(text: str) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
-def _load_mask(path: str) -> np.ndarray:
-    """A mask image: its non-zero pixels are the object (a palette mask's 255, VOC's void
-    border, is left out)."""
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-            palette = im.mode == "P"
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"--mask {path}: cannot read it as an image ({getattr(exc, 'strerror', None) or exc})") from None
-    if arr.ndim == 3:
-        arr = arr[..., :3].max(axis=-1)
-    mask = (arr > 0) & (arr != 255) if palette else arr > 0
-    if not mask.any():
-        raise ImageError(f"--mask {path} has no object pixel (every pixel is 0)")
-    return mask
-
-
 def _ground_truth(args, size: tuple[int, int]) -> np.ndarray | None:
     """The region of --mask or --box on an image of this (height, width), or None."""
     h, w = size
@@ -172,19 +152,6 @@ def _ground_truth(args, size: tuple[int, int]) -> np.ndarray | None:
             raise GroundTruthError(f"--box {x0},{y0},{x1},{y1} lies outside the image ({w} x {h})")
         return boxes_mask([args.box], (h, w))
     return None
-
-
-def _gt_metrics(m_minmax: np.ndarray, region: np.ndarray, names: list[str]) -> dict:
-    out: dict = {}
-    if "energy" in names:
-        out["energy"] = round(energy_inside(m_minmax, region), 6)
-    if "pointing" in names:
-        out["pointing"] = pointing_game(m_minmax, region)
-    if "best_iou" in names:
-        value, t = best_iou(m_minmax, region)
-        out["best_iou"] = round(value, 6)
-        out["best_iou_threshold"] = t
-    return out
 
 
 def _prepare_out(out_dir: Path, overwrite: bool) -> list[Path]:
@@ -307,7 +274,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if needs_gt and not has_gt:
             raise MethodError(f"--metrics {','.join(needs_gt)} compares the map with a ground truth: give --mask FILE "
                               "or --box X0,Y0,X1,Y1")
-        args.mask_array = _load_mask(args.mask) if args.mask is not None else None
+        args.mask_array = read_mask(args.mask, what=f"--mask {args.mask}") if args.mask is not None else None
         created = _prepare_out(out_dir, args.overwrite)
         backbone = load_backbone(
             args.backbone, args.device, checkpoint=args.checkpoint, num_classes=args.num_classes, class_names=args.class_names
@@ -421,7 +388,7 @@ def _explain_one(explainer, image, methods, params, args, out_real: Path, used: 
     faith = [m for m in names if m in FAITHFULNESS]
     scores = {}
     for m, res in results.items():
-        scores[m] = _gt_metrics(to_image_map(res.map, image.size, "minmax"), region, names) if region is not None else {}
+        scores[m] = ground_truth_scores(to_image_map(res.map, image.size, "minmax"), region, names) if region is not None else {}
         if faith:
             progress = None
             if sys.stderr.isatty():

@@ -42,12 +42,14 @@ from pathlib import Path
 import numpy as np
 
 from .engine import Explainer
+from .images import load_image
 from .methods import get_method
 from .methods.base import NEEDS_BANK
 from .metrics import (FAITHFULNESS, MaxBoxAccV2, box_iou, box_ious_by_threshold, boxes_mask, energy_inside,
                       faithfulness, pixel_histograms, pointing_game, pxap)
+from .prototypes import IMAGE_SUFFIXES
 from .render import threshold_region, to_image_map
-from .voc import VOID, VOCDataset
+from .voc import VOID, DatasetError, VOCDataset
 
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.05, 0.96, 0.05))
 ROWS_SUFFIX = ".rows.jsonl"
@@ -120,6 +122,7 @@ def evaluate_image(
     bank=None,
     metric_score: str = "softmax",
     batch_size: int = 0,
+    layer: str | None = None,
 ) -> list[dict]:
     """Everything the evaluation computes on one image, one row per method (JSON-ready).
 
@@ -130,7 +133,9 @@ def evaluate_image(
     top-1 class's map), and ``stats``: the sums the totals are built from (sparse confusion
     matrices per background threshold, body/part hits, localisation hits per box threshold,
     each class's energy, pointing hit, best IoU per CAM threshold (MaxBoxAccV2), pixel
-    histograms (PxAP)). An image without a labelled class gives no rows."""
+    histograms (PxAP)) and the image's class indices (``labels``, for per-class results).
+    ``layer``: the feature layer the methods read (None: the backbone's default). An image
+    without a labelled class gives no rows."""
     params = params or {}
     metrics = [m for m in FAITHFULNESS if m in set(metrics)]
     bank = _bank_in_use(explainer, methods, params, bank)
@@ -140,7 +145,7 @@ def evaluate_image(
     if not classes:
         return []
     image = sample.image()
-    fwd = explainer.forward(image)
+    fwd = explainer.forward(image, layer)
     top1 = int(fwd.probs.argmax())
     parts = sample.parts
     n = len(names) + 1
@@ -153,7 +158,7 @@ def evaluate_image(
         if "labels" in {p.name for p in spec.params} and not given.get("labels"):
             # SIPE seeds all of the image's classes against each other: give it the truth
             given["labels"] = ",".join(str(c) for c in classes)
-        results = {c: explainer.compute(image, m, c, params=given, bank=bank) for c in wanted}
+        results = {c: explainer.compute(image, m, c, layer, params=given, bank=bank) for c in wanted}
         maps = {c: to_image_map(results[c].map, image.size, "max") for c in wanted}
         seconds = time.perf_counter() - t0
         stack = np.stack([maps[c] for c in classes])
@@ -209,7 +214,7 @@ def evaluate_image(
         row["stats"] = {
             "conf": conf, "body": body or None, "part": part or None, "loc_hits": loc_hits, "loc_total": loc_total,
             "top1_hits": top1_hits, "energy": energy, "pointing": pointing, "box_ious": box_ious,
-            "px_true": px_true.tolist(), "px_false": px_false.tolist(),
+            "px_true": px_true.tolist(), "px_false": px_false.tolist(), "labels": list(classes),
         }
         rows.append(row)
     return rows
@@ -320,10 +325,11 @@ class EvalJob:
     bank: object = None
     metric_score: str = "softmax"
     batch_size: int = 0
+    layer: str | None = None
 
     def __call__(self, explainer: Explainer, sample, methods: list[str]) -> list[dict]:
         return evaluate_image(explainer, sample, methods, self.params, self.metrics, self.bank, self.metric_score,
-                              self.batch_size)
+                              self.batch_size, self.layer)
 
 
 class InProcess:
@@ -436,8 +442,11 @@ def evaluate(
     engine=None,
     store: RowStore | None = None,
     batch_size: int = 0,
+    layer: str | None = None,
+    keep_stats: bool = False,
 ) -> list[dict]:
-    """Totals per method (see the module docstring); per-image rows appended to rows_out.
+    """Totals per method (see the module docstring); per-image rows appended to rows_out
+    (with their ``stats`` when keep_stats: what cam_core.results' per-class tables read).
 
     ``engine``: None or InProcess() runs here; a ``cam_core.distributed.RayEngine`` runs the
     same :func:`evaluate_image` on Ray actors. ``store``: a RowStore to resume from and to
@@ -472,7 +481,7 @@ def evaluate(
     finished = total - len(todo)
     if progress is not None and finished:
         progress(finished, total)
-    job = EvalJob(params, tuple(metrics), bank, metric_score, batch_size)
+    job = EvalJob(params, tuple(metrics), bank, metric_score, batch_size, layer)
     for _, rows in (engine or InProcess()).run(explainer, job, todo):
         if store is not None:
             store.append(rows)
@@ -496,7 +505,7 @@ def evaluate(
         conf = np.zeros((n, n), np.int64)
         for g, p, c in row["stats"]["conf"][THRESHOLDS.index(best[row["method"]])]:
             conf[g, p] += c
-        out = {k: v for k, v in row.items() if k != "stats"}
+        out = dict(row) if keep_stats else {k: v for k, v in row.items() if k != "stats"}
         out["mIoU_at_best_t"] = round(float(np.nanmean(iou_from_confusion(conf))), 4)
         if rows_out is not None:
             rows_out.append(out)
@@ -524,3 +533,96 @@ def write_results(path: str | Path, summaries: list[dict], rows: list[dict]) -> 
         for s in summaries:
             writer.writerow({"image": "TOTAL", **s})
     path.with_suffix(".json").write_text(json.dumps(summaries, indent=2))
+
+
+# ----- without ground truth: a folder of images, faithfulness only --------------------------
+
+
+@dataclass(frozen=True)
+class FolderSample:
+    id: str  # the path relative to the folder
+    path: Path
+
+    def image(self):
+        return load_image(self.path)
+
+
+class ImageFolder:
+    """Every image file under a folder (an ImageFolder's class sub-folders included), in
+    sorted order; no ground truth: for :func:`evaluate_faithfulness`. ``split`` is "all"."""
+
+    split = "all"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root} is not a folder")
+        files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise DatasetError(f"{self.root} holds no image file")
+        self.samples = [FolderSample(p.relative_to(self.root).as_posix(), p) for p in files]
+        self.ids = [s.id for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self):
+        return iter(self.samples)
+
+
+def faithfulness_rows(explainer: Explainer, sample, methods: list[str], params: dict | None, metrics: list[str],
+                      layer: str | None = None, metric_score: str = "softmax", batch_size: int = 0) -> list[dict]:
+    """One row per method: the faithfulness metrics of the map of the image's top-1 class (as
+    :func:`evaluate_image` computes them, without the ground-truth part)."""
+    params = params or {}
+    image = sample.image()
+    fwd = explainer.forward(image, layer)
+    top1 = int(fwd.probs.argmax())
+    rows = []
+    for m in methods:
+        t0 = time.perf_counter()
+        res = explainer.compute(image, m, top1, layer, params.get(m))
+        row = {"image": sample.id, "method": m, "params": method_params(m, params.get(m), explainer.bank),
+               "top1": explainer.backbone.class_names[top1], "seconds": round(time.perf_counter() - t0, 6)}
+        t1 = time.perf_counter()
+        row.update(faithfulness(fwd, res.map, top1, metrics, score=metric_score, batch_size=batch_size))
+        row["metric_score"] = metric_score
+        row["metric_seconds"] = round(time.perf_counter() - t1, 6)
+        rows.append(row)
+    return rows
+
+
+def evaluate_faithfulness(dataset, explainer: Explainer, methods: list[str], params: dict | None = None,
+                          metrics: Iterable[str] = FAITHFULNESS, limit: int | None = None,
+                          progress: Callable[[int, int], None] | None = None, rows_out: list | None = None,
+                          store=None, layer: str | None = None, metric_score: str = "softmax") -> list[dict]:
+    """Faithfulness only, on images without ground truth (an :class:`ImageFolder`): per method,
+    the mean over images of each metric of :func:`faithfulness_rows`; rows appended to
+    rows_out (method by method, each in the folder's order); a store (RowStore or cam_core.results.ResultCache) to resume
+    from and append to, as :func:`evaluate`."""
+    params = params or {}
+    metrics = [m for m in FAITHFULNESS if m in set(metrics)]
+    if not metrics:
+        raise ValueError("choose at least one faithfulness metric: without ground truth there is nothing else")
+    samples = list(dataset)[:limit] if limit else list(dataset)
+    wanted = {m: method_params(m, params.get(m), explainer.bank) for m in methods}
+    stored = store.load() if store is not None else {}
+    done = {k: r for k, r in stored.items() if k[1] in wanted and _reusable(r, wanted[k[1]], metrics, metric_score)}
+    for i, s in enumerate(samples):
+        missing = [m for m in methods if (s.id, m) not in done]
+        if missing:
+            rows = faithfulness_rows(explainer, s, missing, params, metrics, layer, metric_score)
+            if store is not None:
+                store.append(rows)
+            done.update({(r["image"], r["method"]): r for r in rows})
+        if progress is not None:
+            progress(i + 1, len(samples))
+    summaries = []
+    for m in methods:
+        rows = [done[(s.id, m)] for s in samples]
+        summaries.append({"method": m, "images": len(rows), **{k: round(float(np.mean([r[k] for r in rows])), 4)
+                                                               for k in metrics},
+                          "seconds_per_image": round(float(np.mean([r["seconds"] for r in rows])), 4) if rows else 0.0})
+        if rows_out is not None:
+            rows_out.extend(rows)
+    return summaries

@@ -592,3 +592,44 @@ def faithfulness(
     if "road" in metrics:
         out["road"] = road(model, x, saliency, target, batch_size=batch_size, score=score, **hooks("road")).value
     return out
+
+
+# ======================================================================================
+# Between methods
+# ======================================================================================
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Method-by-method agreement of maps of one image and class (symmetric matrices, the
+    methods in ``names`` order; NaN where a value is undefined)."""
+
+    names: tuple[str, ...]
+    pearson: np.ndarray  # Pearson r of the maps' pixel values
+    iou: np.ndarray  # IoU of the regions map >= threshold
+    threshold: float
+
+
+def agreement(maps: dict[str, np.ndarray], threshold: float = 0.5) -> Agreement:
+    """How alike the maps of several methods are: for each pair, Pearson's r of their pixel
+    values, r = cov(a, b) / (std(a) std(b)) (NaN when a map is constant), and the IoU of
+    {a >= threshold} and {b >= threshold} (NaN when both regions are empty). The maps are
+    taken as given (all the same size, normalised the same way, e.g. min-max to [0, 1])."""
+    names = tuple(maps)
+    flat = [np.asarray(maps[n], np.float64).ravel() for n in names]
+    if len({f.size for f in flat}) > 1:
+        raise ValueError("the maps differ in size; resize them to one size first")
+    n = len(names)
+    r = np.full((n, n), np.nan)
+    j = np.full((n, n), np.nan)
+    centred = [f - f.mean() for f in flat]
+    norms = [float(np.sqrt((c * c).sum())) for c in centred]
+    regions = [f >= threshold for f in flat]
+    for a in range(n):
+        for b in range(a, n):
+            if norms[a] > 0 and norms[b] > 0:
+                r[a, b] = r[b, a] = float(np.clip((centred[a] * centred[b]).sum() / (norms[a] * norms[b]), -1, 1))
+            union = np.logical_or(regions[a], regions[b]).sum()
+            if union:
+                j[a, b] = j[b, a] = float(np.logical_and(regions[a], regions[b]).sum() / union)
+    return Agreement(names, r, j, threshold)

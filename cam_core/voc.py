@@ -112,6 +112,14 @@ class LoadedSample:
         return [o.box for o in self.objects if o.cls == cls]
 
 
+def class_names(root: str | Path) -> tuple[str, ...]:
+    """A VOC-layout folder's class names: its labels.txt (the testbed writes one), else VOC's 20."""
+    labels = Path(root) / "labels.txt"
+    if labels.is_file():
+        return tuple(n.strip() for n in labels.read_text().splitlines() if n.strip())
+    return VOC_CLASSES
+
+
 class VOCDataset:
     """The samples of one split of a VOC-layout folder. Class names from the folder's
     labels.txt if it has one (the testbed writes it), VOC's 20 classes otherwise."""
@@ -126,11 +134,7 @@ class VOCDataset:
             raise DatasetError(f"{self.root} has no split '{split}' (ImageSets/Segmentation/{split}.txt)")
         self.split = split
         self.ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
-        labels = self.root / "labels.txt"
-        if labels.is_file():
-            self.class_names = tuple(n.strip() for n in labels.read_text().splitlines() if n.strip())
-        else:
-            self.class_names = VOC_CLASSES
+        self.class_names = class_names(self.root)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -20,6 +20,7 @@ from cam_core.render import (
     to_image_map,
     with_colorbar,
 )
+from pages import scores
 from ui.common import (
     USER_ERRORS,
     Selection,
@@ -93,6 +94,7 @@ class Grid:
     results: dict
     errors: dict
     sheet_tiles: dict  # (class, method) -> (caption, tile without its colour bar)
+    gts: dict  # class -> the image's ground truth for it (scores.ground_truth)
 
 
 def slow_label(label: str) -> str:
@@ -264,7 +266,8 @@ def fill_tile(grid: Grid, cell, m: str, t: int) -> None:
             st.error(err or "not computed")
             return
         m01 = to_image_map(res.map, grid.display_rgb.shape[:2], display.norm)
-        tile = render_tile(grid.display_rgb, m01, display.opacity, display.cmap, display.threshold)
+        tile = scores.outlined(render_tile(grid.display_rgb, m01, display.opacity, display.cmap, display.threshold),
+                               grid.gts.get(t))
         shown = with_colorbar(tile, display.cmap, display.norm)
         st.image(shown, width=shown_width(shown))
         if display.show_raw:
@@ -274,6 +277,7 @@ def fill_tile(grid: Grid, cell, m: str, t: int) -> None:
         st.caption(f"{res.target_name} · {res.ms:.1f} ms · {grid_hw}{flags}",
                    help=f"{res.note + ' · ' if res.note else ''}map {res.map.shape[0]} × {res.map.shape[1]} from "
                         f"features {res.grid[0]} × {res.grid[1]}, input {res.input_size[0]} × {res.input_size[1]}")
+        scores.score_line(grid.sel.explainer, image, res, grid.gts.get(t), res.layer)
         grid.sheet_tiles[(t, m)] = (f"{grid.specs[m].label} | {res.target_name}", tile)
         b1, b2 = st.columns(2)
         stem = f"{image.stem}_{m}_{t}"
@@ -321,6 +325,7 @@ def main(sel: Selection) -> None:
     display_rgb, _ = downscale_for_display(image.rgb, 640)
     left, right = st.columns([1, 2])
     targets = target_controls(sel, preds, right)
+    gts = scores.ground_truth(image, bb, targets)
     specs, chosen, layer, params = method_controls(sel)
     display = display_controls()
     if not chosen:
@@ -334,10 +339,10 @@ def main(sel: Selection) -> None:
     results, errors = compute_fast(sel, specs, targets, chosen, layer, params, bank)
     fwd = ex.forward(image, layer, sel.input_size)
     fed = tuple(fwd.input.shape[-2:])
-    left.image(display_rgb, width=shown_width(display_rgb),
+    left.image(scores.outlined(display_rgb, gts.get(targets[0])), width=shown_width(display_rgb),
                caption=f"{image.name} ({image.size[1]}×{image.size[0]}) → {fed[1]}×{fed[0]}")
     timing = st.empty()
-    grid = Grid(sel, specs, display, display_rgb, results, errors, {})
+    grid = Grid(sel, specs, display, display_rgb, results, errors, {}, gts)
 
     # Fast tiles now, slow ones with progress in place.
     cells = grid_cells(grid, targets, chosen)
@@ -363,6 +368,8 @@ def main(sel: Selection) -> None:
             "Download the whole grid (PNG)",
             grid_png([("image", display_rgb), *tiles], display.per_row + 1, settings, display.cmap, display.norm),
             file_name=f"{image.stem}_grid.png", mime="image/png", key="grid_png", on_click="ignore")
+    scores.faithfulness(ex, image, results, specs, layer)
+    scores.agreement_matrix(results, targets[0], display_rgb.shape[:2], display.norm, display.threshold, specs)
     warm_up_once(ex, [m for m in chosen if any(k[1] == m for k in grid.results)])
 
 

@@ -466,7 +466,7 @@ def test_idle_params_follow_lpcams_rule_and_the_heads_size():
 
 
 def test_layer_help_names_the_methods_that_ignore_the_layer():
-    from pages.common import layer_help
+    from ui.common import layer_help
 
     text = layer_help(METHODS.values())
     for label in ("CAM", "LPCAM", "SIPE (IS-CAM)", "TS-CAM", "Attention rollout"):

@@ -67,10 +67,15 @@ def bank_dir() -> Path:
     return Path(os.environ.get("CAM_EXPLORER_BANK_DIR", ROOT / "banks"))
 
 
+def testbed_dir() -> Path:
+    """Where the Evaluate page generates the testbed on first use: CAM_EXPLORER_TESTBED_DIR, else ./data/testbed."""
+    return Path(os.environ.get("CAM_EXPLORER_TESTBED_DIR", ROOT / "data" / "testbed"))
+
+
 def allowed_image_dirs() -> list[Path]:
-    """Folders a typed path may point into: the samples, plus CAM_EXPLORER_IMAGE_DIRS (':'-separated)."""
+    """Folders a typed path may point into: the samples, the testbed, plus CAM_EXPLORER_IMAGE_DIRS (':'-separated)."""
     extra = [Path(p) for p in os.environ.get("CAM_EXPLORER_IMAGE_DIRS", "").split(os.pathsep) if p]
-    return [SAMPLES, *extra]
+    return [SAMPLES, testbed_dir(), *extra]
 
 
 @st.cache_resource(show_spinner="Loading the backbone…", max_entries=6)
@@ -327,8 +332,10 @@ SIDEBAR_KEYS = ("image_source", "sample", "image_path", "device", "backbone_choi
 # Each page's own controls, kept while the user is on the other page.
 PAGE_KEYS = ("class_query", "class_pick", "topk", "methods", "cmap", "opacity", "norm", "threshold", "per_row",
              "show_raw", "fs_bank_name", "fs_folder", "fs_cap", "fs_colour", "fs_embed", "fs_perplexity",
-             "fs_scale", "fs_target", "fs_threshold", "fs_use_bank")
-PAGE_KEY_PREFIXES = ("layer_", "param_", "fs_lp_", "fs_sipe_")
+             "fs_scale", "fs_target", "fs_threshold", "fs_use_bank", "gt_box", "ev_kind", "ev_folder", "ev_split",
+             "ev_backbone", "ev_methods", "ev_metrics", "ev_metrics_folder", "ev_limit", "ev_gallery_mode",
+             "ev_gallery_metric", "ev_gallery_method", "ev_gallery_other")
+PAGE_KEY_PREFIXES = ("layer_", "param_", "fs_lp_", "fs_sipe_", "ev_layer_", "ev_param_")
 
 
 # Download callables kept per (session, button position) beyond the ones the runs in progress
@@ -390,18 +397,22 @@ def keep_download_callables(mgr=None) -> bool:
     return True
 
 
+def keep_widget_state() -> None:
+    """Re-assigning keeps a widget's value when another page draws the same widget, or none
+    (the other page's controls): otherwise Streamlit drops the state of widgets that the run
+    before owned. Buttons and plots cannot be assigned: not listed."""
+    for key in list(st.session_state):
+        if key in SIDEBAR_KEYS or key in PAGE_KEYS or key.startswith(PAGE_KEY_PREFIXES):
+            st.session_state[key] = st.session_state[key]
+
+
 def sidebar() -> Selection:
     """The shared sidebar: image, backbone, device. Keeps the last good image/backbone when
     a new choice fails, so an error never blanks the app. Drawn by app.py on every run."""
     keep_download_callables()
     for key, value in SIDEBAR_DEFAULTS.items():
         st.session_state.setdefault(key, value)
-    for key in list(st.session_state):
-        # Re-assigning keeps a widget's value when another page draws the same widget, or
-        # none (the other page's controls): otherwise Streamlit drops the state of widgets
-        # that the run before owned. Buttons and plots cannot be assigned: not listed.
-        if key in SIDEBAR_KEYS or key in PAGE_KEYS or key.startswith(PAGE_KEY_PREFIXES):
-            st.session_state[key] = st.session_state[key]
+    keep_widget_state()
     with st.sidebar:
         st.header("Input")
         image = _image_sidebar()

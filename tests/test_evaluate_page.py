@@ -1,0 +1,167 @@
+"""AppTest of the Evaluate page on a tiny generated testbed."""
+
+import json
+import math
+
+import pytest
+from helpers import ROOT
+from streamlit.testing.v1 import AppTest
+
+from cam_core.cli import main
+
+APP = str(ROOT / "app.py")
+N_IMAGES = 10  # 2 in the val split
+
+
+@pytest.fixture
+def page(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAM_EXPLORER_TESTBED_DIR", str(tmp_path / "testbed"))
+    monkeypatch.setenv("CAM_EXPLORER_TESTBED_N", str(N_IMAGES))
+    monkeypatch.setenv("CAM_EXPLORER_EVAL_DIR", str(tmp_path / "eval"))
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.run()
+    at.switch_page("pages/evaluate.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _run(at):
+    at.button(key="ev_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_the_summary_is_the_clis_for_the_same_settings(page, tmp_path):
+    assert (tmp_path / "testbed" / "ImageSets" / "Segmentation" / "val.txt").is_file()  # generated on first use
+    assert page.selectbox(key="ev_backbone").value == "testbed-cnn"
+    _run(page)
+    table = page.dataframe[0].value
+    out = tmp_path / "cli.csv"
+    assert main(["evaluate", "--dataset", str(tmp_path / "testbed"), "--backbone", "testbed-cnn", "--methods",
+                 "cam,gradcam", "--out", str(out)]) == 0
+    cli = {s["method"]: s for s in json.loads(out.with_suffix(".json").read_text())}
+    assert list(table.index) == ["cam", "gradcam"]
+    for method, s in cli.items():
+        for key in ("images", "seed_mIoU", "best_bg_threshold", "fg_precision", "fg_recall", "recall_body",
+                    "gt_known_loc", "top1_loc", "energy_pointing_game", "pointing_game", "maxboxacc_v2", "pxap"):
+            page_value = float(table.loc[method, key])
+            assert page_value == pytest.approx(s[key]) or (math.isnan(page_value) and math.isnan(s[key])), key
+
+
+def _cli_rows(tmp_path, methods="cam,gradcam"):
+    import csv
+
+    out = tmp_path / "cli.csv"
+    assert main(["evaluate", "--dataset", str(tmp_path / "testbed"), "--backbone", "testbed-cnn", "--methods",
+                 methods, "--out", str(out), "--restart"]) == 0
+    with out.open() as f:
+        return [r for r in csv.DictReader(f) if r["image"] != "TOTAL"]
+
+
+def test_per_class_results_count_each_class_of_each_image(page, tmp_path):
+    _run(page)
+    table = page.dataframe[1].value
+    from cam_core.voc import VOCDataset
+
+    ds = VOCDataset(tmp_path / "testbed", "val")
+    expected = {}
+    for s in ds:
+        for c in s.labels:
+            expected[ds.class_names[c]] = expected.get(ds.class_names[c], 0) + 1
+    for method in ("cam", "gradcam"):
+        mine = table[table["method"] == method]
+        assert dict(zip(mine["class"], mine["images"])) == expected
+    assert set(table.columns) >= {"seed_IoU", "pointing_game", "energy_pointing_game"}
+
+
+def test_the_gallery_is_worst_first_and_opens_the_compare_page(page, tmp_path):
+    page.multiselect(key="ev_methods").set_value(["gradcam"]).run()
+    _run(page)
+    cli = sorted(_cli_rows(tmp_path, "gradcam"), key=lambda r: float(r["mIoU_at_best_t"]))
+    tiles = [c.value for c in page.caption if c.value.startswith("tb_")]
+    assert [t.split(" · ")[0] for t in tiles] == [r["image"] for r in cli]  # worst first, as the CLI's CSV
+    first = cli[0]["image"]
+    page.button(key="ev_open_0").click().run()
+    assert not page.exception, [e.value for e in page.exception]
+    assert page.session_state["image_path"].endswith(f"JPEGImages/{first}.jpg")
+    assert page.selectbox(key="backbone_choice").value == "testbed-cnn"
+    assert page.multiselect(key="methods").value == ["gradcam"]
+    shown_class = tiles[0].split(" · ")[1]
+    assert any(c.value.startswith(f"{first}.jpg") for c in page.sidebar.caption)
+    assert any(c.value.startswith(shown_class + " · ") for c in page.caption)  # the tile explains that class
+    assert any(c.value.startswith("Outlined in green: mask + ") and c.value.endswith(f"(testbed ({shown_class}))")
+               or c.value.endswith(f"from testbed ({shown_class})") for c in page.caption)  # that class's mask
+    page.switch_page("pages/evaluate.py").run()
+    assert page.multiselect(key="ev_methods").value == ["gradcam"]  # the page's choices are kept
+    assert page.dataframe[0].value.index.tolist() == ["gradcam"]  # and its results
+
+
+def test_a_second_run_resumes_from_the_disk(page, tmp_path):
+    page.number_input(key="ev_limit").set_value(1).run()
+    _run(page)
+    assert page.dataframe[0].value.loc["cam", "images"] == 1
+    page.number_input(key="ev_limit").set_value(0).run()
+    assert any("2 images · cached on disk: cam 1, gradcam 1" in c.value for c in page.caption)
+    _run(page)
+    assert page.dataframe[0].value.loc["cam", "images"] == 2
+    files = sorted((tmp_path / "eval").glob("*.rows.jsonl"))
+    # one file per method; a header and one row per image: the first image was not computed again
+    assert len(files) == 2 and [len(f.read_text().splitlines()) for f in files] == [3, 3]
+
+
+def test_a_folder_outside_the_allowed_ones_and_a_backbone_of_other_classes_are_messages(page):
+    page.radio(key="ev_kind").set_value("VOC-layout folder").run()
+    page.text_input(key="ev_folder").set_value("/etc").run()
+    assert any("outside the allowed folders" in e.value for e in page.error)
+    page.radio(key="ev_kind").set_value("Testbed (val split, generated on first use)").run()
+    page.selectbox(key="ev_backbone").set_value("random:resnet18").run()
+    assert any("1000 classes, the dataset 8" in e.value for e in page.error)
+    assert not page.exception
+
+
+@pytest.mark.slow
+def test_an_image_folder_gives_faithfulness_only(page, tmp_path, monkeypatch):
+    import shutil
+
+    from helpers import SAMPLES
+
+    from cam_core import Explainer, load_backbone, load_image
+    from cam_core.metrics import deletion
+
+    folder = tmp_path / "imgs" / "pets"
+    folder.mkdir(parents=True)
+    for name in ("cat.png", "dog.jpg"):
+        shutil.copy(SAMPLES / name, folder / name)
+    monkeypatch.setenv("CAM_EXPLORER_IMAGE_DIRS", str(tmp_path / "imgs"))
+    page.radio(key="ev_kind").set_value("Image folder (no ground truth: faithfulness only)").run()
+    page.text_input(key="ev_folder").set_value("pets").run()
+    page.multiselect(key="ev_methods").set_value(["cam"]).run()
+    page.multiselect(key="ev_metrics_folder").set_value(["deletion"]).run()
+    _run(page)
+    table = page.dataframe[0].value
+    assert list(table.columns) == ["images", "deletion", "seconds_per_image"] and len(page.dataframe) == 1
+    ex = Explainer(load_backbone("testbed-cnn"))
+    aucs = {}
+    for name in ("cat.png", "dog.jpg"):
+        image = load_image(folder / name)
+        fwd = ex.forward(image)
+        t = int(fwd.probs.argmax())
+        aucs[name] = deletion(fwd.backbone.model, fwd.input, ex.compute(image, "cam", t).map, t).auc
+    assert table.loc["cam", "deletion"] == pytest.approx(sum(aucs.values()) / 2, abs=1e-4)
+    tiles = [c.value.split(" · ")[0] for c in page.caption if " · deletion " in c.value]
+    assert tiles == sorted(aucs, key=aucs.get, reverse=True)  # deletion: the highest AUC is the worst
+    page.button(key="ev_open_0").click().run()
+    assert not page.exception and page.session_state["image_path"] == str(folder / tiles[0])
+    assert any(c.value.startswith(tiles[0]) for c in page.sidebar.caption)
+
+
+@pytest.mark.slow
+def test_the_sidebars_backbone_can_be_evaluated(page):
+    _run(page)
+    direct = page.dataframe[0].value
+    page.selectbox(key="backbone_choice").set_value("testbed-cnn").run()  # the sidebar's, e.g. a checkpoint
+    page.selectbox(key="ev_backbone").set_value("the sidebar's backbone").run()
+    _run(page)
+    assert page.dataframe[0].value.drop(columns="seconds_per_image").equals(direct.drop(columns="seconds_per_image"))
+    page.button(key="ev_open_0").click().run()
+    assert not page.exception and page.selectbox(key="backbone_choice").value == "testbed-cnn"
