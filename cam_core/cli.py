@@ -473,8 +473,11 @@ def cmd_testbed_generate(args: argparse.Namespace) -> int:
         if done % 200 == 0 or done == total:
             print(f"{done}/{total} images", file=sys.stderr)
 
-    info = generate(args.out, n=args.n, seed=args.seed, val_fraction=args.val_fraction, progress=progress)
-    print(f"{info.n} images ({info.train} train, {info.val} val), seed {info.seed} -> {info.root}")
+    info = generate(args.out, n=args.n, seed=args.seed, val_fraction=args.val_fraction, progress=progress,
+                    version=args.version, heldout_fraction=args.heldout_fraction)
+    held = f", {info.heldout} heldout" if info.heldout else ""
+    print(f"version {info.version}: {info.n} images ({info.train} train, {info.val} val){held}, seed {info.seed} "
+          f"-> {info.root}")
     return 0
 
 
@@ -641,6 +644,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=_positive_int, default=1200)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--val-fraction", type=float, default=0.2)
+    g.add_argument("--version", type=int, choices=(1, 2), default=1,
+                   help="1: the failures planted softly (reproducible as shipped); 2: planted hard, with a heldout split")
+    g.add_argument("--heldout-fraction", type=float, default=0.2,
+                   help="version 2: heldout images (backgrounds flipped), as a fraction of --n")
     g.set_defaults(func=cmd_testbed_generate)
     t = tb.add_parser("train", help="train a small CNN or a ViT with a TS-CAM head on image-level labels")
     t.add_argument("--arch", choices=("cnn", "vit"), required=True)
