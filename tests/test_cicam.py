@@ -229,3 +229,62 @@ def test_train_refuses_bad_options_and_missing_teachers(tiny_v2, tmp_path, capsy
                  "--loc-teacher", str(tmp_path / "none")] + common) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def _save_untrained(prefix, arch="ci-cam", classes=8, size=128):
+    """A CI-CAM with random weights and a random dictionary, written as train() writes one
+    (for the loader's and the method's tests only; nothing of it ships)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(4)
+    model = CICAM(classes, {"input_size": size})
+    model.dictionary.copy_(standardise(torch.randn_like(model.dictionary)))
+    nn.init.normal_(model.mask2attention.weight, std=0.5)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(prefix.with_suffix(".safetensors")))
+    card = {"arch": arch, "config": model.config, "classes": [f"c{i}" for i in range(classes)], "input_size": size,
+            "mean": [0.5] * 3, "std": [0.5] * 3, "data": {"seed": 0, "version": 2}, "training": {"epochs": 0},
+            "val": {"mAP": 0.0}}
+    prefix.with_suffix(".json").write_text(json.dumps(card))
+    return model.eval()
+
+
+def test_cicam_method_is_the_down_branch_cam_of_the_loaded_network(tmp_path):
+    from cam_core import Explainer
+    from cam_core.backbones import load_testbed
+    from cam_core.images import from_array
+
+    model = _save_untrained(tmp_path / "net")
+    bb = load_testbed(tmp_path / "net")
+    assert bb.class_names[3] == "c3" and bb.input_size == (128, 128) and "CI-CAM" in bb.source
+    rgb = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    image = from_array(rgb)
+    ex = Explainer(bb)
+    with torch.no_grad():
+        out = model.branches(bb.preprocess(rgb))
+    fwd = ex.forward(image)
+    assert torch.allclose(fwd.logits, out.down_logits[0], atol=1e-4)  # the backbone's prediction is the down branch's
+    for target in (0, 5):
+        got = ex.compute(image, "cicam", target).map
+        assert torch.allclose(got, torch.relu(out.down_cam[0, target]), atol=1e-4)
+        assert torch.allclose(got, ex.compute(image, "cam", target).map, atol=1e-6)
+    comb = ex.compute(image, "cicam", 0, params={"mode": "combination"}).map
+    assert torch.allclose(comb, combination_map(out.down_cam, out.down_logits)[0], atol=1e-3)
+    # no state left on the shared model by a forward pass
+    assert torch.equal(bb.model.dictionary, model.dictionary)
+    for m in ("gradcam", "sipe"):
+        assert torch.isfinite(ex.compute(image, m, 1, params={"labels": "1"} if m == "sipe" else None).map).all()
+
+
+def test_cicam_method_refuses_other_backbones_and_unshipped_checkpoints():
+    from cam_core import BackboneError, Explainer, load_backbone
+    from cam_core.methods import get_method
+
+    bb = load_backbone("testbed-cnn")
+    reason = get_method("cicam").refusal(bb)
+    assert reason and "CI-CAM network" in reason and "testbed2-ci-cam" in reason
+    assert "cicam" not in [s.name for s in Explainer(bb).methods()]
+    for name, hint in (("testbed2-ci-cam", "--arch ci-cam --role loc"), ("testbed2-kd-ci-cam", "--arch kd-ci-cam"),
+                       ("testbed2-cnn", "--version 2")):
+        with pytest.raises(BackboneError, match="not trained yet") as err:
+            load_backbone(name)
+        assert hint in str(err.value) and "\n" not in str(err.value)

@@ -125,7 +125,10 @@ def combination_map(cam: torch.Tensor, logits: torch.Tensor, function: str = "qu
 class CICAM(nn.Module):
     """The testbed CNN with non-local blocks, an up and a down branch and the class-CAM
     dictionary. ``forward`` returns the down branch's logits (the official ``cls_selection``
-    default); ``branches`` returns everything."""
+    default); ``branches`` returns everything. For cam_core's Backbone it has timm's split:
+    ``forward_features`` gives the down branch's features F + A F and ``forward_head`` /
+    ``get_classifier`` its classifier, so CAM on it is CAM_down. Nothing in a forward pass
+    changes the model: only ``update_dictionary`` (training) writes the dictionary."""
 
     def __init__(self, num_classes: int, config: dict | None = None):
         super().__init__()
@@ -152,7 +155,8 @@ class CICAM(nn.Module):
     def down_classifier(self) -> nn.Linear:
         return self.up_classifier if self.shared_classifier else self.separate_down_classifier
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def base_features(self, x: torch.Tensor) -> torch.Tensor:
+        """F: the non-local ResNet's output, shared by both branches."""
         return self.backbone.forward_features(x)
 
     def attention(self, top1: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -165,22 +169,33 @@ class CICAM(nn.Module):
         context[torch.arange(len(top1), device=top1.device), top1] = entries
         return self.mask2attention(context)
 
-    def branches(self, x: torch.Tensor) -> Branches:
-        f = self.features(x)
+    def _down(self, x: torch.Tensor):
+        f = self.base_features(x)
         up_logits = self.up_classifier(f.mean(dim=(2, 3)))
-        up_cam = class_cams(f, self.up_classifier.weight)
         top1 = up_logits.argmax(dim=1)
         if self.config["attention"]:
             a = self.attention(top1, tuple(f.shape[-2:]))
         else:
             a = torch.zeros_like(f)
-        down = f + a * f
-        down_logits = self.down_classifier(down.mean(dim=(2, 3)))
-        return Branches(f, up_logits, up_cam, top1, a, down, down_logits,
-                        class_cams(down, self.down_classifier.weight))
+        return f, up_logits, top1, a, f + a * f
+
+    def branches(self, x: torch.Tensor) -> Branches:
+        f, up_logits, top1, a, down = self._down(x)
+        return Branches(f, up_logits, class_cams(f, self.up_classifier.weight), top1, a, down,
+                        self.forward_head(down), class_cams(down, self.down_classifier.weight))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._down(x)[-1]
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = features.mean(dim=(2, 3))
+        return pooled if pre_logits else self.down_classifier(pooled)
+
+    def get_classifier(self) -> nn.Module:
+        return self.down_classifier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.branches(x).down_logits
+        return self.forward_head(self.forward_features(x))
 
     @torch.no_grad()
     def update_dictionary(self, labels: torch.Tensor, up_logits: torch.Tensor, up_cam: torch.Tensor,
@@ -196,8 +211,8 @@ class CICAM(nn.Module):
             m = combination_map(out.down_cam, out.down_logits, function)
             m = F.interpolate(m[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
             fg = (m > seg_thr * m.flatten(1).max(dim=1)[0][:, None, None, None]).to(x.dtype)
-        fore = self.down_classifier(self.features(x * fg).mean(dim=(2, 3)))
-        back = self.down_classifier(self.features(x * (1 - fg)).mean(dim=(2, 3)))
+        fore = self.down_classifier(self.base_features(x * fg).mean(dim=(2, 3)))
+        back = self.down_classifier(self.base_features(x * (1 - fg)).mean(dim=(2, 3)))
         diff = fore - back
         return fore, back, diff, (diff + out.down_logits) / 2
 
