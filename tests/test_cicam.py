@@ -61,10 +61,16 @@ def test_standardise_is_the_official_batchnorm_in_training_mode():
     assert torch.equal(standardise(m)[2], torch.zeros(5, 5))
 
 
+def _with_dictionary(seed, classes=8, size=128):
+    """A random CI-CAM whose dictionary holds random standardised entries."""
+    torch.manual_seed(seed)
+    model = CICAM(classes, {"input_size": size})
+    model.dictionary.copy_(standardise(torch.randn_like(model.dictionary)))
+    return model.eval()
+
+
 def test_down_branch_equals_up_branch_when_the_attention_is_zero_and_the_classifiers_are_shared():
-    torch.manual_seed(1)
-    model = CICAM(8).eval()
-    model.dictionary.copy_(standardise(torch.randn(8, 16, 16)))
+    model = _with_dictionary(1)
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
         before = model.branches(x)
@@ -79,9 +85,7 @@ def test_down_branch_equals_up_branch_when_the_attention_is_zero_and_the_classif
 
 def test_attention_is_the_top1_entry_through_the_1x1_conv():
     """A[b] = W[:, top1] * M[top1] + bias; F' = F + A F; down logits = GAP(CAM_down) + bias."""
-    torch.manual_seed(2)
-    model = CICAM(8).eval()
-    model.dictionary.copy_(standardise(torch.randn(8, 16, 16)))
+    model = _with_dictionary(2)
     x = torch.randn(3, 3, 128, 128)
     with torch.no_grad():
         out = model.branches(x)
@@ -236,9 +240,7 @@ def _save_untrained(prefix, arch="ci-cam", classes=8, size=128):
     (for the loader's and the method's tests only; nothing of it ships)."""
     from safetensors.torch import save_file
 
-    torch.manual_seed(4)
-    model = CICAM(classes, {"input_size": size})
-    model.dictionary.copy_(standardise(torch.randn_like(model.dictionary)))
+    model = _with_dictionary(4, classes, size)
     nn.init.normal_(model.mask2attention.weight, std=0.5)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(prefix.with_suffix(".safetensors")))
     card = {"arch": arch, "config": model.config, "classes": [f"c{i}" for i in range(classes)], "input_size": size,
