@@ -465,21 +465,26 @@ def cmd_testbed_generate(args: argparse.Namespace) -> int:
         if done % 200 == 0 or done == total:
             print(f"{done}/{total} images", file=sys.stderr)
 
-    info = generate(args.out, n=args.n, seed=args.seed, val_fraction=args.val_fraction, progress=progress)
-    print(f"{info.n} images ({info.train} train, {info.val} val), seed {info.seed} -> {info.root}")
+    info = generate(args.out, n=args.n, seed=args.seed, val_fraction=args.val_fraction, progress=progress,
+                    version=args.version, heldout_fraction=args.heldout_fraction)
+    held = f", {info.heldout} heldout" if info.heldout else ""
+    print(f"version {info.version}: {info.n} images ({info.train} train, {info.val} val){held}, seed {info.seed} "
+          f"-> {info.root}")
     return 0
 
 
 def cmd_testbed_train(args: argparse.Namespace) -> int:
-    from .testbed.train import train
+    from .testbed.train import TrainError, parse_options, train
     from .voc import DatasetError
 
     try:
+        options = parse_options(args.set or [])
         device = str(resolve_device(args.device))
         card = train(args.data, args.arch, args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                      seed=args.seed, device=device, max_steps=args.max_steps,
-                     progress=lambda line: print(line, file=sys.stderr))
-    except (DatasetError, BackboneError) as exc:
+                     progress=lambda line: print(line, file=sys.stderr), role=args.role, options=options,
+                     cls_teacher=args.cls_teacher, loc_teacher=args.loc_teacher)
+    except (DatasetError, BackboneError, TrainError) as exc:
         _fail(str(exc))
         return EXIT_BAD_INPUT
     print(f"{args.arch}: val mAP {card['val']['mAP']:.3f}, exact match {card['val']['exact_match']:.3f} "
@@ -638,9 +643,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=_positive_int, default=1200)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--val-fraction", type=float, default=0.2)
+    g.add_argument("--version", type=int, choices=(1, 2), default=1,
+                   help="1: the failures planted softly (reproducible as shipped); 2: planted hard, with a heldout split")
+    g.add_argument("--heldout-fraction", type=float, default=0.2,
+                   help="version 2: heldout images (backgrounds flipped), as a fraction of --n")
     g.set_defaults(func=cmd_testbed_generate)
-    t = tb.add_parser("train", help="train a small CNN or a ViT with a TS-CAM head on image-level labels")
-    t.add_argument("--arch", choices=("cnn", "vit"), required=True)
+    t = tb.add_parser("train", help="train a small CNN, a ViT with a TS-CAM head, CI-CAM or KD-CI-CAM on "
+                                    "image-level labels")
+    t.add_argument("--arch", choices=("cnn", "vit", "ci-cam", "kd-ci-cam"), required=True)
+    t.add_argument("--role", choices=("cls", "loc"), default="loc",
+                   help="ci-cam: the official classification or localisation teacher's settings")
+    t.add_argument("--cls-teacher", default=None, help="kd-ci-cam: PREFIX of a ci-cam trained with --role cls")
+    t.add_argument("--loc-teacher", default=None, help="kd-ci-cam: PREFIX of a ci-cam trained with --role loc")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="ci-cam: crop_min_scale, aux_type, aux_rate, seg_thr, spa_rate, update_rate, function; "
+                        "kd-ci-cam: alpha, cls_temperature, loc_temperature, loc_weight, loc_kind (mse, smoothl1, l1), "
+                        "official_kl, cls_min_scale, loc_min_scale, update_rate")
     t.add_argument("--data", required=True, help="a testbed (or any VOC-layout folder with labels.txt)")
     t.add_argument("--out", required=True, help="path prefix: writes PREFIX.safetensors and PREFIX.json")
     t.add_argument("--epochs", type=int, default=None)

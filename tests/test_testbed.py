@@ -12,7 +12,7 @@ from PIL import Image
 from cam_core import Explainer
 from cam_core.cli import main
 from cam_core.evaluate import THRESHOLDS, box_iou, confusion, iou_from_confusion, seed_labels
-from cam_core.testbed.generate import CLASSES, WATER_CLASSES, generate, voc_palette
+from cam_core.testbed.generate import CLASSES, CLASSES_V2, WATER_CLASSES, WATER_CLASSES_V2, generate, voc_palette
 from cam_core.voc import VOCDataset
 
 
@@ -34,6 +34,76 @@ def test_generator_is_deterministic_for_a_seed(tmp_path):
     assert (a / "ImageSets/Segmentation/val.txt").read_text() == (b / "ImageSets/Segmentation/val.txt").read_text()
     assert not np.array_equal(np.asarray(Image.open(a / "SegmentationClass/tb_0011_00003.png")),
                               np.asarray(Image.open(c / "SegmentationClass/tb_0012_00003.png")))
+
+
+def test_version_1_is_unchanged_by_version_2(tmp_path):
+    """The shipped testbed-cnn/vit were trained on version 1: its images, masks, boxes and
+    split for a seed are pinned (hash taken before version 2 was added)."""
+    import hashlib
+
+    generate(tmp_path, n=8, seed=3)
+    h = hashlib.sha256()
+    for i in range(8):
+        for sub in ("SegmentationClass", "SegmentationObject", "SegmentationPart"):
+            h.update(np.asarray(Image.open(tmp_path / sub / f"tb_0003_{i:05d}.png")).tobytes())
+        h.update(np.asarray(Image.open(tmp_path / "JPEGImages" / f"tb_0003_{i:05d}.jpg")).tobytes())
+        h.update((tmp_path / "Annotations" / f"tb_0003_{i:05d}.xml").read_bytes())
+    h.update((tmp_path / "ImageSets/Segmentation/val.txt").read_bytes())
+    assert h.hexdigest() == "d0a259c77042f359d13829314114bc1d3f6c6dab7ae5ddcb74aa3d4b8ee5fd19"
+    assert json.loads((tmp_path / "testbed.json").read_text())["version"] == 1
+
+
+@pytest.fixture(scope="module")
+def testbed_v2(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tb2") / "testbed2"
+    info = generate(root, n=200, seed=4, version=2, heldout_fraction=0.25)
+    assert (info.version, info.n, info.train, info.val, info.heldout) == (2, 200, 160, 40, 50)
+    return root
+
+
+def _object_areas(ds):
+    """(body px, part px) of each visible object."""
+    areas = []
+    for s in ds:
+        inst = np.asarray(Image.open(ds.root / "SegmentationObject" / f"{s.id}.png"))
+        for i, _ in enumerate(s.objects, start=1):
+            areas.append((int(((s.parts == 1) & (inst == i)).sum()), int(((s.parts == 2) & (inst == i)).sum())))
+    return np.array(areas)
+
+
+def test_version_2_plants_partial_activation_hard(testbed_v2):
+    ds = VOCDataset(testbed_v2, "train")
+    assert ds.class_names == CLASSES_V2 and ds[0].image().rgb.shape == (160, 160, 3)
+    areas = _object_areas(ds)
+    body, part = areas[:, 0], areas[:, 1]
+    assert (part > 0).mean() > 0.97  # the part is almost always visible: the class stays decidable
+    assert 1800 < body.mean() < 2800 and 80 < part.mean() < 160
+    assert np.median(part / body) < 0.07  # v1: about 0.1 of the body
+    meta = json.loads((testbed_v2 / "testbed.json").read_text())
+    assert meta["version"] == 2 and meta["size"] == 160 and "any of" in meta["bodies"]
+
+
+def test_version_2_plants_the_confounder_and_flips_it_in_heldout(testbed_v2):
+    meta = json.loads((testbed_v2 / "testbed.json").read_text())
+    backgrounds = meta["backgrounds"]
+    assert meta["water_classes"] == [CLASSES_V2[i] for i in WATER_CLASSES_V2]
+    with_w, without_w = [], []
+    for split in ("train", "val"):
+        for s in VOCDataset(testbed_v2, split):
+            (with_w if set(s.labels) & set(WATER_CLASSES_V2) else without_w).append(backgrounds[s.id] == "water")
+            rgb, bg = s.image().rgb.astype(int), s.mask == 0
+            # the recorded texture is the one drawn: water is the blue one
+            assert (rgb[..., 2][bg].mean() > rgb[..., 0][bg].mean() + 60) == (backgrounds[s.id] == "water")
+    assert np.mean(with_w) > 0.88 and np.mean(without_w) < 0.08 and len(with_w) > 40
+    held = VOCDataset(testbed_v2, "heldout")
+    seen = set(VOCDataset(testbed_v2, "train").ids) | set(VOCDataset(testbed_v2, "val").ids)
+    assert len(held) == 50 and not set(held.ids) & seen
+    n_water_class = 0
+    for s in held:
+        has_water_class = bool(set(s.labels) & set(WATER_CLASSES_V2))
+        n_water_class += has_water_class
+        assert (backgrounds[s.id] == "water") != has_water_class  # flipped, every image
+    assert n_water_class >= 10
 
 
 def test_masks_boxes_and_parts_agree(testbed):

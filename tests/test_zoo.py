@@ -109,7 +109,7 @@ def _check_zoo_model(bb: Backbone, expected, image) -> dict[str, str]:
     assert bb.layouts[FEATURES].describe() == layout
     assert (bb.head.reads if bb.head is not None else None) == reads, bb.head_refusal
     assert bool(bb.attention_layers) == attention
-    refused = set()
+    refused = {"cicam"}  # it reads a CI-CAM network's causal branch (tests/test_cicam.py)
     if reads is None:
         refused |= {"cam", "lpcam", "sipe", "tscam"}
         assert bb.head_refusal and bb.head_refusal.startswith("its head applies")

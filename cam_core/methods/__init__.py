@@ -2,7 +2,7 @@
 
 from .base import (METHODS, Cancelled, MethodContext, MethodError, MethodOutput, MethodSpec, Param, get_method,
                    register)
-from . import activation, attention, gradient, lpcam, scorecam, sipe  # noqa: F401  (registration side effects)
+from . import activation, attention, cicam, gradient, lpcam, scorecam, sipe  # noqa: F401  (registration side effects)
 
 __all__ = ["METHODS", "Cancelled", "MethodContext", "MethodError", "MethodOutput", "MethodSpec", "Param",
            "get_method", "register"]

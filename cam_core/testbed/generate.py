@@ -1,5 +1,7 @@
 """A procedurally generated weakly-supervised segmentation set with exact masks, in PASCAL VOC
-layout, with the failure modes the CAM papers are about planted on purpose.
+layout, with the failure modes the CAM papers are about planted on purpose. Two versions:
+version 1 (below, kept byte-for-byte reproducible for a seed) plants them softly; version 2
+(`VERSION2`, further down) plants them hard.
 
 * Partial activation: every object is a large BODY plus a small PART. The part alone tells
   the class apart (each class has its own part shape and colour); the body's shape is shared
@@ -8,10 +10,21 @@ layout, with the failure modes the CAM papers are about planted on purpose.
 * Context confounder: the "water" classes appear on the water texture most of the time (like
   boats and fish), the others rarely, so the background carries class evidence.
 
+Version 2:
+
+* Partial activation, hard: the body carries no class evidence at all (its shape and colour
+  are drawn for every instance from the same four shapes and one palette, whatever the
+  class), bodies are larger (160 px images) and parts smaller (about 4% of the body): only
+  the part tells the class apart.
+* Context confounder, hard: the water classes sit on water in 95% of train/val images, the
+  others in 3%; and a third split, `heldout`, flips it: every image with a water class is on
+  another background and every image without one is on water.
+
 Written as JPEGImages, SegmentationClass (palette PNG, 0 = background, c + 1 = class c),
 SegmentationObject (instance ids), Annotations (VOC XML with boxes) and
-ImageSets/Segmentation/{train,val}.txt, plus two files of our own: SegmentationPart (0 =
-background, 1 = body, 2 = part) and testbed.json (classes and generation settings).
+ImageSets/Segmentation/{train,val}.txt (version 2 adds heldout.txt), plus two files of our
+own: SegmentationPart (0 = background, 1 = body, 2 = part) and testbed.json (version,
+classes and generation settings; version 2 also each image's background texture).
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ PARTS = (  # (name, BGR-free RGB colour) — one per class, two per body
 CLASSES = tuple(f"{BODIES[i // 2]}-{PARTS[i][0]}" for i in range(8))
 BODY_PALETTE = ((176, 122, 84), (128, 128, 136), (160, 150, 70), (120, 90, 140), (200, 170, 130), (90, 120, 110))
 TEXTURES = ("water", "grass", "sand", "bricks", "wood", "tiles")
-WATER_CLASSES = (0, 5)  # disc-star and kite-bar live on water
+WATER_CLASSES = (0, 5)  # disc-star and kite-dots live on water
 WATER_PROB_WITH = 0.85
 WATER_PROB_WITHOUT = 0.05
 SIZE = 128
@@ -159,6 +172,12 @@ def make_sample(rng: np.random.Generator, size: int = SIZE):
     classes = [int(c) for c in rng.choice(len(CLASSES), n, replace=False)]
     water = rng.random() < (WATER_PROB_WITH if any(c in WATER_CLASSES for c in classes) else WATER_PROB_WITHOUT)
     tex = "water" if water else TEXTURES[1 + rng.integers(len(TEXTURES) - 1)]
+    return _paint(rng, tex, classes, size, draw_object)
+
+
+def _paint(rng: np.random.Generator, tex: str, classes: list[int], size: int, draw):
+    """Draw the background texture and the objects of `classes` (draw(rng, cls, size) gives
+    body, part and colour) in order; (rgb, class mask, instance mask, part mask, instances, tex)."""
     rgb = texture(tex, rng, size).astype(np.float32)
     cls_mask = np.zeros((size, size), np.uint8)
     inst_mask = np.zeros((size, size), np.uint8)
@@ -166,7 +185,7 @@ def make_sample(rng: np.random.Generator, size: int = SIZE):
     instances: list[Instance] = []
     for cls in classes:
         for _ in range(20):  # place without covering more than 15% of what is already there
-            body, part, colour = draw_object(rng, cls, size)
+            body, part, colour = draw(rng, cls, size)
             obj = body | part
             if (obj & (cls_mask > 0)).sum() <= 0.15 * obj.sum():
                 break
@@ -190,7 +209,49 @@ def make_sample(rng: np.random.Generator, size: int = SIZE):
     return np.clip(rgb, 0, 255).astype(np.uint8), cls_mask, inst_mask, part_mask, final, tex
 
 
-def _annotation_xml(image_id: str, size: int, instances: list[Instance]) -> bytes:
+# ----- version 2: the failures planted hard --------------------------------------------------
+CLASSES_V2 = tuple(name for name, _ in PARTS)  # the part is the class: bodies say nothing
+WATER_CLASSES_V2 = (0, 5)  # star and dots live on water
+WATER_PROB_WITH_V2 = 0.95
+WATER_PROB_WITHOUT_V2 = 0.03
+SIZE_V2 = 160
+BODY_RADII_V2 = ((24.0, 40.0), (22.0, 36.0))  # rx, ry ranges (v1: 16-27, 14-24 on 128 px)
+PART_RADIUS_V2 = (5.5, 8.0)  # in pixels, whatever the body's size (v1: 0.34-0.42 of its radius)
+
+
+def draw_object_v2(rng: np.random.Generator, cls: int, size: int = SIZE_V2):
+    """As draw_object, but the body's shape is drawn at random (not from the class) and the
+    part's radius is absolute and small."""
+    body_kind = BODIES[int(rng.integers(len(BODIES)))]
+    rx, ry = rng.uniform(*BODY_RADII_V2[0]), rng.uniform(*BODY_RADII_V2[1])
+    cx, cy = rng.uniform(rx, size - rx), rng.uniform(ry, size - ry)
+    angle = rng.uniform(-0.5, 0.5)
+    body = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(body, [_body_polygon(body_kind, cx, cy, rx, ry, angle)], 1)
+    part = np.zeros((size, size), np.uint8)
+    pr = int(round(rng.uniform(*PART_RADIUS_V2)))
+    ox, oy = rng.uniform(-0.3, 0.3) * rx, rng.uniform(-0.4, -0.15) * ry
+    _draw_part(part, PARTS[cls][0], int(round(cx + ox)), int(round(cy + oy)), pr)
+    part &= body
+    colour = BODY_PALETTE[rng.integers(len(BODY_PALETTE))]
+    return body.astype(bool) & ~part.astype(bool), part.astype(bool), colour
+
+
+def make_sample_v2(rng: np.random.Generator, size: int = SIZE_V2, heldout: bool = False):
+    """As make_sample, with draw_object_v2 and the v2 confounder; `heldout` flips the
+    background (water classes on other textures, the rest on water)."""
+    n = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2]))
+    classes = [int(c) for c in rng.choice(len(CLASSES_V2), n, replace=False)]
+    has_water_class = any(c in WATER_CLASSES_V2 for c in classes)
+    if heldout:
+        water = not has_water_class
+    else:
+        water = rng.random() < (WATER_PROB_WITH_V2 if has_water_class else WATER_PROB_WITHOUT_V2)
+    tex = "water" if water else TEXTURES[1 + rng.integers(len(TEXTURES) - 1)]
+    return _paint(rng, tex, classes, size, draw_object_v2)
+
+
+def _annotation_xml(image_id: str, size: int, instances: list[Instance], classes=CLASSES) -> bytes:
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = "testbed"
     ET.SubElement(root, "filename").text = f"{image_id}.jpg"
@@ -200,7 +261,7 @@ def _annotation_xml(image_id: str, size: int, instances: list[Instance]) -> byte
     ET.SubElement(root, "segmented").text = "1"
     for inst in instances:
         obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = CLASSES[inst.cls]
+        ET.SubElement(obj, "name").text = classes[inst.cls]
         ET.SubElement(obj, "pose").text = "Unspecified"
         ET.SubElement(obj, "truncated").text = "0"
         ET.SubElement(obj, "difficult").text = "0"
@@ -218,45 +279,86 @@ class TestbedInfo:
     seed: int
     train: int
     val: int
+    version: int = 1
+    heldout: int = 0
 
 
-def generate(out: str | Path, n: int = 1200, seed: int = 0, val_fraction: float = 0.2, size: int = SIZE,
-             progress=None) -> TestbedInfo:
-    """Write n images (deterministic for the seed) in VOC layout under `out`."""
+VERSIONS = (1, 2)
+
+
+def generate(out: str | Path, n: int = 1200, seed: int = 0, val_fraction: float = 0.2, size: int | None = None,
+             progress=None, version: int = 1, heldout_fraction: float = 0.2) -> TestbedInfo:
+    """Write n images (deterministic for the seed and version) in VOC layout under `out`.
+    Version 2 also writes round(n * heldout_fraction) images of the `heldout` split, from a
+    random stream of their own (train and val do not depend on how many)."""
+    if version not in VERSIONS:
+        raise ValueError(f"version must be 1 or 2, got {version!r}")
+    size = size or (SIZE if version == 1 else SIZE_V2)
+    classes = CLASSES if version == 1 else CLASSES_V2
     out = Path(out)
     dirs = {k: out / k for k in ("JPEGImages", "SegmentationClass", "SegmentationObject", "SegmentationPart",
                                  "Annotations", "ImageSets/Segmentation")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     palette = voc_palette()
-    rng = np.random.default_rng(seed)
-    ids = []
-    for i in range(n):
-        image_id = f"tb_{seed:04d}_{i:05d}"
-        rgb, cls_mask, inst_mask, part_mask, instances, tex = make_sample(rng, size)
+    backgrounds: dict[str, str] = {}
+
+    def write(image_id, sample):
+        rgb, cls_mask, inst_mask, part_mask, instances, tex = sample
         Image.fromarray(rgb).save(dirs["JPEGImages"] / f"{image_id}.jpg", quality=95)
         for arr, key in ((cls_mask, "SegmentationClass"), (inst_mask, "SegmentationObject"),
                          (part_mask, "SegmentationPart")):
             img = Image.fromarray(arr, mode="P")
             img.putpalette(palette)
             img.save(dirs[key] / f"{image_id}.png")
-        (dirs["Annotations"] / f"{image_id}.xml").write_bytes(_annotation_xml(image_id, size, instances))
+        (dirs["Annotations"] / f"{image_id}.xml").write_bytes(_annotation_xml(image_id, size, instances, classes))
+        backgrounds[image_id] = tex
+
+    n_heldout = int(round(n * heldout_fraction)) if version == 2 else 0
+    prefix = "tb" if version == 1 else "tb2"
+    rng = np.random.default_rng(seed)
+    ids = []
+    for i in range(n):
+        image_id = f"{prefix}_{seed:04d}_{i:05d}"
+        write(image_id, make_sample(rng, size) if version == 1 else make_sample_v2(rng, size))
         ids.append(image_id)
         if progress is not None:
-            progress(i + 1, n)
+            progress(i + 1, n + n_heldout)
     order = np.random.default_rng(seed + 1).permutation(n)
     n_val = int(round(n * val_fraction))
     val = sorted(ids[j] for j in order[:n_val])
     train = sorted(ids[j] for j in order[n_val:])
     (dirs["ImageSets/Segmentation"] / "train.txt").write_text("\n".join(train) + "\n")
     (dirs["ImageSets/Segmentation"] / "val.txt").write_text("\n".join(val) + "\n")
-    (out / "labels.txt").write_text("\n".join(CLASSES) + "\n")
-    info = TestbedInfo(str(out), n, seed, len(train), len(val))
-    meta = {"generator": "cam_core.testbed", "info": asdict(info), "classes": list(CLASSES),
+    if n_heldout:
+        held_rng = np.random.default_rng([seed, 2])
+        held = []
+        for i in range(n_heldout):
+            image_id = f"{prefix}_{seed:04d}_h{i:05d}"
+            write(image_id, make_sample_v2(held_rng, size, heldout=True))
+            held.append(image_id)
+            if progress is not None:
+                progress(n + i + 1, n + n_heldout)
+        (dirs["ImageSets/Segmentation"] / "heldout.txt").write_text("\n".join(held) + "\n")
+    (out / "labels.txt").write_text("\n".join(classes) + "\n")
+    info = TestbedInfo(str(out), n, seed, len(train), len(val), version, n_heldout)
+    meta = {"generator": "cam_core.testbed", "version": version, "info": asdict(info), "classes": list(classes),
+            "size": size}
+    if version == 1:
+        meta.update({
             "bodies": {c: BODIES[i // 2] for i, c in enumerate(CLASSES)},
             "parts": {c: PARTS[i][0] for i, c in enumerate(CLASSES)},
             "water_classes": [CLASSES[i] for i in WATER_CLASSES],
             "water_probability": {"with_water_class": WATER_PROB_WITH, "otherwise": WATER_PROB_WITHOUT},
-            "size": size}
+        })
+    else:
+        meta.update({
+            "bodies": "any of " + ", ".join(BODIES) + " for every class, colour from one palette",
+            "body_radii": BODY_RADII_V2, "part_radius": PART_RADIUS_V2,
+            "water_classes": [CLASSES_V2[i] for i in WATER_CLASSES_V2],
+            "water_probability": {"with_water_class": WATER_PROB_WITH_V2, "otherwise": WATER_PROB_WITHOUT_V2},
+            "heldout": "backgrounds flipped: images with a water class on other textures, the rest on water",
+            "backgrounds": backgrounds,
+        })
     (out / "testbed.json").write_text(json.dumps(meta, indent=2))
     return info

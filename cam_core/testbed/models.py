@@ -1,4 +1,5 @@
-"""The small models trained on the testbed: a timm ResNet and a timm ViT with a TS-CAM head."""
+"""The small models trained on the testbed: a timm ResNet, a timm ViT with a TS-CAM head, and
+CI-CAM networks on the ResNet (cicam.py)."""
 
 from __future__ import annotations
 
@@ -48,4 +49,8 @@ def build_model(arch: str, num_classes: int, config: dict | None = None) -> nn.M
     if arch == "vit":
         cfg = {**VIT_CONFIG, **(config or {})}
         return TSCAMViT(num_classes=num_classes, **cfg)
-    raise ValueError(f"arch must be 'cnn' or 'vit', got {arch!r}")
+    if arch in ("ci-cam", "kd-ci-cam"):  # the student is a CI-CAM network too
+        from .cicam import CICAM
+
+        return CICAM(num_classes, config)
+    raise ValueError(f"arch must be 'cnn', 'vit', 'ci-cam' or 'kd-ci-cam', got {arch!r}")
