@@ -17,6 +17,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM progress bar
+# As app.py runs (sessions share the cores there; spinning OpenMP threads of one thread's
+# batch starve another's): set before torch starts OpenMP. Both libraries run under it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import copy

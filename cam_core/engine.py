@@ -159,9 +159,15 @@ class _Priority:
     thread pools on the same cores slow each other down more than the wait costs: measured
     in bench/bench_scorecam.py)."""
 
+    # A caller's interactive work comes in bursts of calls (a forward, then each fast method):
+    # a long method resumes only after this much quiet, not in the gaps of one burst.
+    GRACE_S = 0.1
+
     def __init__(self, patience: float = 10.0):
         self.patience = patience
         self._running = 0  # interactive calls in progress, all threads
+        self._last_end = 0.0  # time.monotonic() when interactive work last ended
+        self._last_end_by = 0  # and in which thread
         self._batches: set[int] = set()  # threads with a long method's batch in flight
         self._cond = threading.Condition()
         self._local = threading.local()
@@ -183,6 +189,8 @@ class _Priority:
                 with self._cond:
                     self._running -= 1
                     if self._running == 0:
+                        self._last_end = time.monotonic()
+                        self._last_end_by = threading.get_ident()
                         self._cond.notify_all()
 
     @contextmanager
@@ -201,6 +209,12 @@ class _Priority:
                 self._batches.discard(threading.get_ident())
                 self._cond.notify_all()
 
+    def contended(self, window_s: float = 2.0) -> bool:
+        """Whether other threads' interactive work runs now or ended less than window_s ago."""
+        with self._cond:
+            recent = time.monotonic() - self._last_end < window_s and self._last_end_by != threading.get_ident()
+            return self._running > 0 or recent
+
     def pause(self) -> None:
         """Between two batches of a long method: the previous batch has ended; wait while
         interactive work runs; within long_work(), the next batch is in flight from here."""
@@ -211,7 +225,14 @@ class _Priority:
             if me in self._batches:
                 self._batches.discard(me)
                 self._cond.notify_all()
-            self._cond.wait_for(lambda: self._running == 0, timeout=self.patience)
+            deadline = time.monotonic() + self.patience
+            while (now := time.monotonic()) < deadline:
+                if self._running:
+                    self._cond.wait(deadline - now)
+                elif (quiet := now - self._last_end) < self.GRACE_S:
+                    self._cond.wait(self.GRACE_S - quiet)
+                else:
+                    break
             if getattr(self._local, "long", False):
                 self._batches.add(me)
 
@@ -534,6 +555,7 @@ class Explainer:
 
         ctx = MethodContext(fwd, progress=progress, cancel=cancel, bank=bank,
                             pause=self._priority.pause if spec.slow else None,
+                            contended=self._priority.contended if spec.slow else None,
                             default_bank=default_bank if bank is None else None)
         with self._priority.interactive() if not spec.slow else self._priority.long_work():
             if NEEDS_GRADIENT in spec.needs:

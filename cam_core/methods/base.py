@@ -39,6 +39,9 @@ class MethodContext:
     cancel: Callable[[], bool] | None = None
     bank: object | None = None  # the LPCAM prototype bank passed in; None: see default_bank
     pause: Callable[[], None] | None = None  # yields to interactive work (engine-provided)
+    # True while other callers' interactive work runs or ran moments ago: a long method then
+    # keeps its batches small, so that the next interactive call waits less for the one in flight.
+    contended: Callable[[], bool] | None = None
     # Without a bank: the backbone's dataset bank (built on first use), or None (engine-provided).
     default_bank: Callable[[], object | None] | None = None
 

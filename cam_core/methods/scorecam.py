@@ -42,12 +42,15 @@ def channel_scores(ctx: MethodContext, target: int, channels: torch.Tensor, batc
     if batch_size <= 0:
         batch_size = AUTO_BATCH["cuda" if acts.device.type == "cuda" else "cpu"]
     with state.lock:
-        for start in range(state.done, total, batch_size):
+        start = state.done
+        while start < total:
             try:
                 ctx.checkpoint()
             except Cancelled:
                 raise Cancelled("Score-CAM cancelled") from None
-            idx = channels[start : start + batch_size]
+            # one masked image at a time while other sessions work: they wait less for it
+            step = 1 if ctx.contended is not None and ctx.contended() else batch_size
+            idx = channels[start : start + step]
             up = F.interpolate(acts[idx].unsqueeze(0).float(), size=size, mode="bilinear", align_corners=False)[0]
             lo = up.amin(dim=(1, 2), keepdim=True)
             hi = up.amax(dim=(1, 2), keepdim=True)
@@ -57,8 +60,9 @@ def channel_scores(ctx: MethodContext, target: int, channels: torch.Tensor, batc
             probs = logits.float().softmax(dim=-1) if score == "softmax" else logits.float().sigmoid()
             state.scores[start : start + len(idx)] = probs[:, target]
             state.done = start + len(idx)
+            start += len(idx)
             if ctx.progress is not None:
-                ctx.progress(min(start + batch_size, total), total)
+                ctx.progress(start, total)
         ctx.fwd.forget(key)  # finished: the map itself is cached by the engine
         return state.scores
 
