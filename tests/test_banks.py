@@ -210,7 +210,7 @@ def test_feature_space_page_uses_the_dataset_bank(cache, tiny):
         assert ex.stats["bank_builds"] == 1
         bank = ex.default_bank()
         assert at.session_state["lpcam_bank"] is bank  # the Compare page's LPCAM uses it too
-        assert f"LPCAM's bank: {bank.describe()}" in [c.value for c in at.caption]
+        assert f"LPCAM's bank: {bank.describe(ex.backbone.short_name)}" in [c.value for c in at.caption]
         lp_caption = next(c.value for c in at.caption if c.value.startswith("LPCAM: "))
         assert f"bank: {bank.name} (9 images" in lp_caption
         assert not at.toggle(key="fs_use_bank").disabled  # its bank pixels can join the plot
