@@ -147,7 +147,7 @@ def test_a_tall_image_and_its_tiles_leave_the_controls_on_screen(served_app, bro
     main = page.locator("[data-testid='stMain']")
     main.get_by_text("Eigen-CAM", exact=True).first.wait_for(timeout=180_000)
     page.locator("[data-testid='stSidebar']").get_by_text("Upload", exact=True).click()
-    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(
+    page.get_by_test_id("stSidebarUserContent").get_by_test_id("stFileUploaderDropzoneInput").set_input_files(
         files=[{"name": "tall.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
     page.get_by_text(re.compile(r"tall\.png \(200×1200\)")).first.wait_for(timeout=120_000)
     page.wait_for_function(

@@ -212,7 +212,8 @@ def test_progress_and_cancel_between_batches(case):
 def test_faithfulness_of_a_forward_pass(case):
     """The helper the CLI and the evaluation call: the engine's forward pass and a raw map."""
     fwd = type("Fwd", (), {})()
-    fwd.backbone = type("BB", (), {"model": case["model"]})()
+    model = case["model"]
+    fwd.backbone = type("BB", (), {"model": model, "batch_model": lambda self: model})()
     fwd.input = case["x"]
     out = M.faithfulness(fwd, case["cam"], case["target"], ["insertion", "increase", "deletion", "average_drop"])
     assert list(out) == ["deletion", "insertion", "average_drop", "increase"]
