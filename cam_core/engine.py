@@ -220,11 +220,8 @@ class _Priority:
         interactive work runs; within long_work(), the next batch is in flight from here."""
         if getattr(self._local, "depth", 0):
             return  # this thread's own interactive work is what runs
-        me = threading.get_ident()
-        with self._cond:
-            if me in self._batches:
-                self._batches.discard(me)
-                self._cond.notify_all()
+        with self._cond:  # a reentrant lock: _end_batch takes it again
+            self._end_batch()
             deadline = time.monotonic() + self.patience
             while (now := time.monotonic()) < deadline:
                 if self._running:
@@ -234,7 +231,7 @@ class _Priority:
                 else:
                     break
             if getattr(self._local, "long", False):
-                self._batches.add(me)
+                self._batches.add(threading.get_ident())
 
 
 @dataclass

@@ -59,8 +59,8 @@ def channel_scores(ctx: MethodContext, target: int, channels: torch.Tensor, batc
                 logits = model(x * masks.unsqueeze(1).to(x.dtype))
             probs = logits.float().softmax(dim=-1) if score == "softmax" else logits.float().sigmoid()
             state.scores[start : start + len(idx)] = probs[:, target]
-            state.done = start + len(idx)
             start += len(idx)
+            state.done = start
             if ctx.progress is not None:
                 ctx.progress(start, total)
         ctx.fwd.forget(key)  # finished: the map itself is cached by the engine
