@@ -33,7 +33,6 @@ VARIANTS = [
     *[(f"lpcam context_rank {r}", "lpcam", {"context_rank": r}) for r in (10, 20, 50, 100, 200)],
     ("sipe (official-like: 4 scales)", "sipe", {}),
     ("sipe single scale", "sipe", {"multiscale": False}),
-    ("sipe centred (variant)", "sipe", {"centred": True}),
     ("sipe (bg factor 1.0)", "sipe", {"bg_factor": 1.0}),
 ]
 

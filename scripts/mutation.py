@@ -53,7 +53,7 @@ FAST = ["-m", "not slow and not browser"]
 
 # module (path under cam_core/, without .py) -> the fast test files that exercise it
 MODULES: dict[str, list[str]] = {
-    "metrics": ["tests/test_metrics.py"],
+    "metrics": ["tests/test_metrics.py", "tests/test_metrics_gt.py", "tests/test_faithfulness.py"],
     "render": ["tests/test_render.py"],
     "kmeans": ["tests/test_kmeans.py"],
     "images": ["tests/test_images.py"],
@@ -64,11 +64,14 @@ MODULES: dict[str, list[str]] = {
     "methods/gradient": ["tests/test_methods.py"],
     "methods/scorecam": ["tests/test_methods.py", "tests/test_concurrency.py"],
     "methods/attention": ["tests/test_testbed.py"],
-    "methods/lpcam": ["tests/test_prototypes.py"],
+    "methods/lpcam": ["tests/test_prototypes.py", "tests/test_banks.py"],
     "methods/sipe": ["tests/test_prototypes.py"],
+    "backbones/folding": ["tests/test_folding.py", "tests/test_methods.py"],
 }
-# what the tests read besides cam_core/ and tests/ (sample images, the shipped testbed models)
-ASSETS = ["assets/samples", "assets/testbed"]
+# what the tests read or import besides cam_core/ and tests/: sample images, the shipped testbed
+# models, and ui/ (tests of the registry's page-facing text import ui.common; without it
+# mutmut's first, unmutated run fails and it stops with "failed to collect stats")
+ASSETS = ["assets/samples", "assets/testbed", "ui"]
 
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 SURVIVED = {"survived", "no tests", "suspicious"}
@@ -194,6 +197,10 @@ def run_module(module: str, tests: list[str], equivalents: dict[str, Equivalent]
     if proc.returncode != 0:
         if not verbose:
             print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n", file=sys.stderr)
+        if (work / "mutants").is_dir():  # mutmut hides pytest's output: run the unmutated tests once to show it
+            check = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests, *FAST],
+                                   cwd=work / "mutants", env=env, capture_output=True, text=True)
+            print(f"the unmutated copy's tests: exit {check.returncode}\n{check.stdout[-3000:]}", file=sys.stderr)
         die(f"mutmut run failed on {module} (exit {proc.returncode}); see above")
     listing = subprocess.run([exe, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True,
                              check=True).stdout

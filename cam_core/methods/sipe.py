@@ -31,18 +31,12 @@ def hierarchical_features(stages: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def iou_seeds(features: torch.Tensor, cams: torch.Tensor, bg_factor: float = 0.5,
-              centred: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def iou_seeds(features: torch.Tensor, cams: torch.Tensor, bg_factor: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """SIPE's seed rule. features: C x N (any scale), cams: M x N with row 0 the background.
     Structure map S_i(j) = ReLU(cos(f_i, f_j)); IoU_c(i) = sum S_i M_c / (sum S_i + sum M_c -
     sum S_i M_c); the background's IoU times bg_factor; seed = argmax. Returns (seed labels N,
-    IoU M x N). centred (this project's variant): cosines of the features minus their mean
-    over the image, so that a pretrained network's all-positive features do not make every
-    pixel similar to every other."""
-    f = features.float()
-    if centred:
-        f = f - f.mean(dim=1, keepdim=True)
-    f = F.normalize(f, dim=0, eps=1e-5)
+    IoU M x N)."""
+    f = F.normalize(features.float(), dim=0, eps=1e-5)
     structure = torch.relu(f.T @ f)  # N x N
     inter = cams @ structure.T  # M x N: sum_j S_i(j) M_c(j)
     union = structure.sum(dim=1)[None, :] + cams.sum(dim=1, keepdim=True) - inter
@@ -79,7 +73,7 @@ def _labels(fwd, target: int, classes: int, labels: str) -> list[int]:
 SCALES = (1.0, 0.5, 1.5, 2.0)  # the official make_cam.py scales, each with its mirror image
 
 
-def _is_cam_at(ctx: MethodContext, scale: float, labels: list[int], bg_factor: float, centred: bool) -> dict:
+def _is_cam_at(ctx: MethodContext, scale: float, labels: list[int], bg_factor: float) -> dict:
     """One scale of the official inference: image + mirror summed, then seeds, prototypes and
     IS-CAMs (M x h x w on the stride-16 grid, background first)."""
     bb = ctx.backbone
@@ -91,8 +85,7 @@ def _is_cam_at(ctx: MethodContext, scale: float, labels: list[int], bg_factor: f
     bg = 1 - cam.max(dim=0, keepdim=True).values
     norm_cam = torch.cat([bg, cam])
     norm_cam = F.interpolate(norm_cam[None], size=(h, w), mode="bilinear", align_corners=True)[0]
-    seeds, iou = iou_seeds(hie.reshape(hie.shape[0], -1), norm_cam.reshape(len(labels) + 1, -1), bg_factor,
-                           centred)
+    seeds, iou = iou_seeds(hie.reshape(hie.shape[0], -1), norm_cam.reshape(len(labels) + 1, -1), bg_factor)
     protos = seed_prototypes(hie, seeds, len(labels) + 1)
     flat = F.normalize(hie.reshape(hie.shape[0], -1), dim=0, eps=1e-5)
     is_cam = torch.relu(F.normalize(protos, dim=1, eps=1e-5) @ flat).reshape(-1, h, w)
@@ -101,17 +94,17 @@ def _is_cam_at(ctx: MethodContext, scale: float, labels: list[int], bg_factor: f
 
 
 def sipe(ctx: MethodContext, target: int, bg_factor: float = 0.5, classes: int = 1, labels: str = "",
-         multiscale: bool = True, centred: bool = False) -> MethodOutput:
+         multiscale: bool = True) -> MethodOutput:
     labels = _labels(ctx.fwd, target, classes, labels)
     fixed = ctx.backbone.fixed_input_size  # a ViT built for one input size keeps it
     scales = SCALES if multiscale and not fixed else (1.0,)
-    first = _is_cam_at(ctx, scales[0], labels, bg_factor, centred)
+    first = _is_cam_at(ctx, scales[0], labels, bg_factor)
     if len(scales) == 1:
         is_cam = first["is_cam"]
     else:
         size = ctx.fwd.input.shape[-2:]
         is_cam = sum(F.interpolate(r["is_cam"][None], size=size, mode="bilinear", align_corners=False)[0]
-                     for r in [first, *(_is_cam_at(ctx, s, labels, bg_factor, centred) for s in scales[1:])])
+                     for r in [first, *(_is_cam_at(ctx, s, labels, bg_factor) for s in scales[1:])])
     extras = {
         **first,  # seeds, prototypes, hierarchical features and CAMs at scale 1 (the image's own grid)
         "is_cam": is_cam,  # one map per label, background first (summed over scales)
@@ -121,8 +114,7 @@ def sipe(ctx: MethodContext, target: int, bg_factor: float = 0.5, classes: int =
     how = ("4 scales x (image + mirror), as the official code" if len(scales) > 1 else
            "1 scale x (image + mirror)" + ("; this ViT takes one input size, the official code uses 4 scales"
                                            if multiscale else ""))
-    note = (f"{how}; seed argmax over the background and the image's {len(labels)} class(es), not all classes"
-            f"{'; centred structure maps (this project’s variant)' if centred else ''}; "
+    note = (f"{how}; seed argmax over the background and the image's {len(labels)} class(es), not all classes; "
             f"{seeded:.0%} of the scale-1 grid seeded as a class")
     return MethodOutput(is_cam[1], extras, note)
 
@@ -140,8 +132,6 @@ register(MethodSpec(
               "overrides `classes`."),
         Param("multiscale", True, "Sum the IS-CAMs of scales 1, 0.5, 1.5, 2 (each with its mirror image), as the "
               "official code; off: scale 1 with its mirror (faster)."),
-        Param("centred", False, "This project's variant: structure maps from features centred on the image's "
-              "mean, so a pretrained network's all-positive features do not seed the whole image."),
     ),
     reference="Chen et al., CVPR 2022",
 ))
