@@ -58,16 +58,19 @@ def _plus_plus(x: torch.Tensor, k: int, metric: str, gen: torch.Generator) -> to
 
 
 def _means(raw: torch.Tensor, labels: torch.Tensor, dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centres as member means; an empty cluster takes the point worst served by its centre."""
+    """Centres as member means; an empty cluster takes the point worst served by its centre,
+    from a cluster that keeps at least one member (a lone point moved would empty its own)."""
     counts = torch.bincount(labels, minlength=k)
     if (counts == 0).any():
         labels = labels.clone()
         worst = dist.gather(1, labels[:, None])[:, 0].clone()
         for j in (counts == 0).nonzero()[:, 0].tolist():
-            p = int(worst.argmax())
+            movable = torch.where(counts[labels] > 1, worst, torch.full_like(worst, -1.0))
+            p = int(movable.argmax())
             worst[p] = -1.0
+            counts[labels[p]] -= 1
+            counts[j] += 1
             labels[p] = j
-        counts = torch.bincount(labels, minlength=k)
     sums = torch.zeros(k, raw.shape[1], dtype=raw.dtype, device=raw.device).index_add_(0, labels, raw)
     return sums / counts[:, None].to(raw.dtype), labels
 

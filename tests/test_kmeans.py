@@ -230,3 +230,19 @@ def test_everything_stays_on_the_features_device():
     dup = torch.tensor([[1.0, 1.0], [4.0, 1.0]]).repeat_interleave(20, dim=0).cuda()
     res = kmeans(dup, 4, "euclidean")  # two empty clusters reseeded on the device
     assert torch.bincount(res.labels, minlength=4).min() >= 1 and torch.isfinite(res.centers).all()
+
+
+def test_reseeding_never_empties_a_lone_members_cluster():
+    """An empty cluster takes the worst-served point of a cluster that keeps a member: here the
+    worst-served point is alone in cluster 1, so moving it (the old rule) would leave cluster 1
+    empty and its centre NaN."""
+    from cam_core.kmeans import _means
+
+    raw = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0]])
+    labels = torch.tensor([0, 0, 1])  # cluster 2 empty
+    dist = torch.tensor([[0.0, 9.0, 9.0], [0.5, 9.0, 9.0], [9.0, 3.0, 9.0]])  # point 2 is the worst served
+    centres, new = _means(raw, labels, dist, 3)
+    assert torch.isfinite(centres).all()
+    assert torch.bincount(new, minlength=3).tolist() == [1, 1, 1]
+    assert new[2] == 1  # the lone member stays; point 1, the worst of cluster 0, moves
+    assert new[1] == 2 and torch.allclose(centres[2], raw[1])
