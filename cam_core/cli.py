@@ -560,6 +560,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{'method':12s} " + " ".join(f"{k[:11]:>11s}" for k in keys))
     for s in summaries:
         print(f"{s['method']:12s} " + " ".join(f"{s.get(k, float('nan')):11.3f}" for k in keys))
+    for s in summaries:
+        if s.get("refused_images"):
+            first = next(r["refused"] for r in rows if r["method"] == s["method"] and "refused" in r)
+            print(f"{s['method']}: declined {s['refused_images']} image(s), scored as empty maps; the first: {first}")
     print(f"-> {args.out}, {Path(args.out).with_suffix('.json')} and {rows_path(args.out)}")
     return 0
 

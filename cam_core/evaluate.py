@@ -42,12 +42,14 @@ from pathlib import Path
 import numpy as np
 
 from .engine import Explainer
+from .errors import MethodError
+from .kmeans import KMeansError
 from .images import load_image
 from .methods import get_method
 from .methods.base import NEEDS_BANK
 from .metrics import (FAITHFULNESS, MaxBoxAccV2, box_iou, box_ious_by_threshold, boxes_mask, energy_inside,
                       faithfulness, pixel_histograms, pointing_game, pxap)
-from .prototypes import IMAGE_SUFFIXES
+from .prototypes import IMAGE_SUFFIXES, BankError
 from .render import threshold_region, to_image_map
 from .voc import VOID, DatasetError, VOCDataset
 
@@ -158,8 +160,15 @@ def evaluate_image(
         if "labels" in {p.name for p in spec.params} and not given.get("labels"):
             # SIPE seeds all of the image's classes against each other: give it the truth
             given["labels"] = ",".join(str(c) for c in classes)
-        results = {c: explainer.compute(image, m, c, layer, params=given, bank=bank) for c in wanted}
-        maps = {c: to_image_map(results[c].map, image.size, "max") for c in wanted}
+        refused = None
+        try:
+            results = {c: explainer.compute(image, m, c, layer, params=given, bank=bank) for c in wanted}
+            maps = {c: to_image_map(results[c].map, image.size, "max") for c in wanted}
+        except (MethodError, BankError, KMeansError) as exc:
+            # One image the method declines (e.g. LPCAM's K above the class's few pixels): it
+            # scores as an empty map and the run goes on; the row and the totals say so.
+            results, refused = None, str(exc)
+            maps = {c: np.zeros(image.size, np.float32) for c in wanted}
         seconds = time.perf_counter() - t0
         stack = np.stack([maps[c] for c in classes])
         conf, body, part = [], [], []
@@ -206,7 +215,9 @@ def evaluate_image(
             "energy_pointing_game": float(np.mean(energy)) if energy else None,
             "pointing_game": float(np.mean(pointing)),
         }
-        if metrics:
+        if refused is not None:
+            row["refused"] = refused
+        if metrics and results is not None:
             t1 = time.perf_counter()
             row.update(faithfulness(fwd, results[top1].map, top1, metrics, score=metric_score, batch_size=batch_size))
             row["metric_score"] = metric_score
@@ -240,6 +251,7 @@ class MethodTotals:
     px_false: np.ndarray | None = None
     faith: dict = field(default_factory=dict)  # metric -> per-image values
     seconds: float = 0.0
+    refused: int = 0  # images the method declined (scored as empty maps)
 
     def __post_init__(self):
         n = self.n_classes + 1
@@ -253,6 +265,7 @@ class MethodTotals:
     def add(self, row: dict) -> None:
         st = row["stats"]
         self.images += 1
+        self.refused += "refused" in row
         self.seconds += row["seconds"]
         for i, t in enumerate(THRESHOLDS):
             for g, p, c in st["conf"][i]:
@@ -306,6 +319,8 @@ class MethodTotals:
         for name in FAITHFULNESS:
             if name in self.faith:
                 out[name] = round(float(np.mean(self.faith[name])), 4)
+        if self.refused:
+            out["refused_images"] = self.refused
         if self.body[best_t][1]:
             out["recall_body"] = round(self.body[best_t][0] / self.body[best_t][1], 4)
             out["recall_part"] = round(self.part[best_t][0] / self.part[best_t][1], 4)

@@ -176,3 +176,38 @@ def test_evaluate_cli_bad_metric_arguments(testbed, tmp_path, capsys, extra, msg
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0]
+
+
+def test_an_image_the_method_declines_scores_as_an_empty_map_and_the_run_goes_on(testbed, explainer):
+    """LPCAM on an image's own pixels refuses a class with fewer foreground pixels than K: that
+    image is scored with empty maps (everything predicted background), the row says why, the
+    totals count it, and the other images are evaluated as usual."""
+    from cam_core.errors import MethodError
+    from cam_core.kmeans import KMeansError
+    from cam_core.prototypes import BankError
+
+    params = {"lpcam": {"source": "image", "multiscale": False, "k": 60}}
+    ds = VOCDataset(testbed, "train")
+    expected = {}
+    for s in ds:
+        if not s.labels:
+            continue
+        top1 = int(explainer.forward(s.image()).probs.argmax())
+        try:
+            for c in sorted(set(s.labels) | {top1}):
+                explainer.compute(s.image(), "lpcam", c, params=params["lpcam"])
+            expected[s.id] = False
+        except (MethodError, BankError, KMeansError):
+            expected[s.id] = True
+    assert 0 < sum(expected.values()) < len(expected)  # the planted case: some images refused, some not
+    rows = []
+    (summary,) = evaluate(ds, explainer, ["lpcam"], params=params, rows_out=rows, keep_stats=True)
+    assert summary["images"] == len(expected)
+    assert summary["refused_images"] == sum(expected.values())
+    for r in rows:
+        assert ("refused" in r) == expected[r["image"]]
+        if "refused" in r:
+            assert "larger than" in r["refused"]
+            assert all(p == 0 for conf in r["stats"]["conf"] for _, p, _ in conf)  # all predicted background
+    (plain,) = evaluate(ds, explainer, ["lpcam"], params={"lpcam": {**params["lpcam"], "k": 5}})
+    assert "refused_images" not in plain
