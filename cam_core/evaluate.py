@@ -590,18 +590,21 @@ class ImageFolder:
 
 
 def faithfulness_rows(explainer: Explainer, sample, methods: list[str], params: dict | None, metrics: list[str],
-                      layer: str | None = None, metric_score: str = "softmax", batch_size: int = 0) -> list[dict]:
+                      layer: str | None = None, metric_score: str = "softmax", batch_size: int = 0,
+                      bank=None) -> list[dict]:
     """One row per method: the faithfulness metrics of the map of the image's top-1 class (as
-    :func:`evaluate_image` computes them, without the ground-truth part)."""
+    :func:`evaluate_image` computes them, without the ground-truth part). ``bank``: LPCAM's
+    (None: set_bank's or the backbone's dataset bank, as :func:`evaluate`)."""
     params = params or {}
+    bank = _bank_in_use(explainer, methods, params, bank)
     image = sample.image()
     fwd = explainer.forward(image, layer)
     top1 = int(fwd.probs.argmax())
     rows = []
     for m in methods:
         t0 = time.perf_counter()
-        res = explainer.compute(image, m, top1, layer, params.get(m))
-        row = {"image": sample.id, "method": m, "params": method_params(m, params.get(m), explainer.bank),
+        res = explainer.compute(image, m, top1, layer, params.get(m), bank=bank)
+        row = {"image": sample.id, "method": m, "params": method_params(m, params.get(m), bank),
                "top1": explainer.backbone.class_names[top1], "seconds": round(time.perf_counter() - t0, 6)}
         t1 = time.perf_counter()
         row.update(faithfulness(fwd, res.map, top1, metrics, score=metric_score, batch_size=batch_size))
@@ -615,7 +618,7 @@ def evaluate_faithfulness(dataset, explainer: Explainer, methods: list[str], par
                           metrics: Iterable[str] = FAITHFULNESS, limit: int | None = None,
                           progress: Callable[[int, int], None] | None = None, rows_out: list | None = None,
                           store=None, layer: str | None = None, metric_score: str = "softmax",
-                          cancel: Callable[[], bool] | None = None) -> list[dict]:
+                          cancel: Callable[[], bool] | None = None, bank=None) -> list[dict]:
     """Faithfulness only, on images without ground truth (an :class:`ImageFolder`): per method,
     the mean over images of each metric of :func:`faithfulness_rows`; rows appended to
     rows_out (method by method, each in the folder's order); a store (RowStore or cam_core.results.ResultCache) to resume
@@ -625,14 +628,15 @@ def evaluate_faithfulness(dataset, explainer: Explainer, methods: list[str], par
     if not metrics:
         raise ValueError("choose at least one faithfulness metric: without ground truth there is nothing else")
     samples = list(dataset)[:limit] if limit else list(dataset)
-    wanted = {m: method_params(m, params.get(m), explainer.bank) for m in methods}
+    bank = _bank_in_use(explainer, methods, params, bank)  # the rows name the bank LPCAM really read
+    wanted = {m: method_params(m, params.get(m), bank) for m in methods}
     stored = store.load() if store is not None else {}
     done = {k: r for k, r in stored.items() if k[1] in wanted and _reusable(r, wanted[k[1]], metrics, metric_score)}
     for i, s in enumerate(samples):
         missing = [m for m in methods if (s.id, m) not in done]
         if missing:
             _check(cancel, i, len(samples))
-            rows = faithfulness_rows(explainer, s, missing, params, metrics, layer, metric_score)
+            rows = faithfulness_rows(explainer, s, missing, params, metrics, layer, metric_score, bank=bank)
             if store is not None:
                 store.append(rows)
             done.update({(r["image"], r["method"]): r for r in rows})

@@ -127,14 +127,15 @@ def summary_table(summaries: list[dict], metrics: list[str]) -> pd.DataFrame:
 STOPPED = "Stopped. The finished images are cached: Run resumes from them."
 
 
-def lpcam_bank_source(ds, methods: list[str], params: dict):
+def lpcam_bank_source(ds, backbone, methods: list[str], params: dict):
     """Where LPCAM's bank comes from, as `cam_core evaluate` by default (--bank-from train): the
     train split of the dataset's folder (cam_core.banks.split_bank, cached on disk as banks.py
-    caches every dataset bank); None when no method reads a bank (LPCAM with source=image) or
-    for an image folder (no splits: LPCAM reads the backbone's own bank, else each image)."""
-    if isinstance(ds, ImageFolder) or not reads_bank(methods, params):
+    caches every dataset bank); for an image folder (no splits) the backbone's own dataset bank
+    (Backbone.default_bank). None when no method reads a bank (LPCAM with source=image) or the
+    folder's backbone declares none: LPCAM clusters each image's own pixels."""
+    if not reads_bank(methods, params):
         return None
-    return split_bank(ds.root, BANK_SPLIT)
+    return backbone.default_bank if isinstance(ds, ImageFolder) else split_bank(ds.root, BANK_SPLIT)
 
 
 def run_evaluation(ds, ex, methods, layer, params, metrics, limit, cancel) -> None:
@@ -144,7 +145,7 @@ def run_evaluation(ds, ex, methods, layer, params, metrics, limit, cancel) -> No
     before each image and between the batches of a bank build."""
     settings = (str(ds.root), ds.split, ex.backbone.name, layer, tuple(methods), repr(params), tuple(metrics), limit)
     folder = isinstance(ds, ImageFolder)
-    source = lpcam_bank_source(ds, methods, params)
+    source = lpcam_bank_source(ds, ex.backbone, methods, params)
     loaded = ex.dataset_bank(source, load=False) if source is not None else None
     total = min(len(ds), limit or len(ds))
     known = [m for m in methods if source is None or loaded is not None or not reads_bank([m], params)]
@@ -182,12 +183,13 @@ def run_evaluation(ds, ex, methods, layer, params, metrics, limit, cancel) -> No
                                    f"evaluate` does: {exc}. Set LPCAM's source to image to cluster each image's "
                                    "own pixels instead.") from None
             bank = cached.bank
-            described = (f"LPCAM's bank: {bank.describe(ex.backbone.short_name)} — the dataset's {BANK_SPLIT} split, "
-                         f"as `cam_core evaluate` builds it (--bank-from {BANK_SPLIT}); cached in {cached.path}")
+            origin = ("the backbone's own dataset bank" if folder else f"the dataset's {BANK_SPLIT} split, as "
+                      f"`cam_core evaluate` builds it (--bank-from {BANK_SPLIT})")
+            described = f"LPCAM's bank: {bank.describe(ex.backbone.short_name)} — {origin}; cached in {cached.path}"
         cache = ResultCache(cache_dir(), dataset_key(ds), ex.backbone, layer, methods, params, bank)
         if folder:
             summaries = evaluate_faithfulness(ds, ex, methods, params, metrics, limit, progress, rows, cache, layer,
-                                              cancel=cancel)
+                                              cancel=cancel, bank=bank)
         else:
             summaries = evaluate(ds, ex, methods, params, bank=bank, limit=limit, progress=progress, rows_out=rows,
                                  metrics=metrics, store=cache, layer=layer, keep_stats=True, cancel=cancel)
@@ -202,8 +204,8 @@ def run_evaluation(ds, ex, methods, layer, params, metrics, limit, cancel) -> No
         st.session_state.pop("ev_active", None)
     bar.empty()
     if any(NEEDS_BANK in get_method(m).needs for m in methods) and described is None:
-        described = "LPCAM's bank: " + ("each image's own pixels (source=image)" if not folder else
-                                        "the backbone's own dataset bank, else each image's own pixels")
+        described = "LPCAM's bank: none, each image's own pixels " + (
+            "(source=image)" if not reads_bank(methods, params) else "(the backbone declares no dataset bank)")
     st.session_state["ev_result"] = {
         "root": str(ds.root), "split": ds.split, "folder": folder, "backbone": ex.backbone.name, "explainer": ex,
         "choice": st.session_state.get("ev_backbone"),

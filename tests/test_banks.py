@@ -255,3 +255,20 @@ def test_evaluate_bank_from_a_split_is_cached_and_named(cache, tiny, tmp_path, c
         assert rows[0]["params"] == rows[1]["params"] and rows[0]["stats"] == rows[1]["stats"]
     finally:
         BACKBONES.pop("tiny-testbed-eval")
+
+
+def test_faithfulness_rows_name_the_dataset_bank_lpcam_read(cache, tiny, tmp_path):
+    """On an image folder (no ground truth), LPCAM reads the backbone's dataset bank, and its
+    rows say so (they said 'image' while the map came from the bank)."""
+    import shutil
+
+    from cam_core.evaluate import ImageFolder, evaluate_faithfulness
+
+    ex = Explainer(load_testbed(tiny))
+    bank = ex.default_bank()  # generates the data: images for the folder
+    (tmp_path / "imgs").mkdir()
+    shutil.copy(VOCDataset(_data_root(), "val")[0].image_path, tmp_path / "imgs" / "a.jpg")
+    rows = []
+    evaluate_faithfulness(ImageFolder(tmp_path / "imgs"), ex, ["lpcam"], {"lpcam": {"multiscale": False, "k": 2}},
+                          metrics=["average_drop"], rows_out=rows)
+    assert rows[0]["params"]["bank"] == bank.key
