@@ -86,6 +86,16 @@ class DatasetBank:
         return folder
 
 
+def split_bank(root: str | Path, split: str = "train") -> DatasetBank:
+    """The bank of one split of a VOC-layout folder, as ``cam_core evaluate --bank-from SPLIT``
+    and the Evaluate page build it for LPCAM (the paper's bank: the training split's pixels,
+    labelled by each image's classes). Named ``FOLDER/SPLIT``; cached as a backbone's own bank,
+    under an id of the folder's resolved path (so two folders' banks never replace each other)."""
+    root = Path(root).resolve()
+    tag = hashlib.sha256(str(root).encode()).hexdigest()[:10]
+    return DatasetBank(name=f"{root.name}/{split}", split=split, root=root, data_id=f"{root.name}-{tag}")
+
+
 def _digest_files(h, paths: list[Path]) -> None:
     for p in paths:
         h.update(f"{p.name}:".encode())

@@ -365,6 +365,23 @@ def _default_bank(explainer, methods: list[str], params: dict[str, dict]):
     return explainer.bank
 
 
+def _split_bank(explainer, dataset: str, split: str):
+    """LPCAM's bank for `evaluate`: the dataset's `split` (cam_core.banks.split_bank), loaded
+    from the cache or built and cached there, with its image count on stderr while it builds."""
+    from .banks import split_bank
+
+    source = split_bank(dataset, split)
+
+    def progress(done, total):
+        if done % 100 == 0 or done == total:
+            print(f"{source.name}: {done}/{total} images", file=sys.stderr)
+
+    cached = explainer.dataset_bank(source, progress)
+    how = "built and cached" if cached.built else "loaded from the cache"
+    print(f"LPCAM bank: {cached.bank.describe()} ({how}: {cached.path})", file=sys.stderr)
+    return cached.bank
+
+
 def _explain_one(explainer, image, methods, params, args, out_real: Path, used: set[str]) -> dict:
     size = args.input_size
     target = explainer.targets(image, None if args.target in (None, "auto") else args.target, size)[0]
@@ -494,7 +511,7 @@ def cmd_testbed_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .distributed import EngineError
-    from .evaluate import InProcess, RowStore, StoreError, evaluate, rows_path, write_results
+    from .evaluate import InProcess, RowStore, StoreError, evaluate, reads_bank, rows_path, write_results
     from .voc import DatasetError, VOCDataset
 
     try:
@@ -512,11 +529,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise MethodError("--address, --workers and --gpus-per-worker go with --engine ray")
         explainer = Explainer(load_backbone(args.backbone, args.device))
         bank = None
-        if args.bank_from and any(NEEDS_BANK in get_method(m).needs for m in methods):
-            train = VOCDataset(args.dataset, args.bank_from)
-            items = [(s.image(), s.labels) for s in train if s.labels]
-            print(f"prototype bank from the {args.bank_from} split: {len(items)} images", file=sys.stderr)
-            bank = build_bank(explainer, items, name=f"{Path(args.dataset).name}/{args.bank_from}").bank
+        if args.bank_from and reads_bank(methods, params):
+            VOCDataset(args.dataset, args.bank_from)  # a missing split is an error before any work
+            bank = _split_bank(explainer, args.dataset, args.bank_from)
         elif not args.bank_from:  # each image's own pixels, not the backbone's dataset bank
             for m in methods:
                 spec = get_method(m)

@@ -372,7 +372,7 @@ class Explainer:
         self._stats_lock = threading.Lock()
         self.stats: Counter = Counter()  # forwards, gradients, method runs: lets tests prove caching
         self.bank = None  # default LPCAM prototype bank (cam_core.prototypes.PrototypeBank) or None
-        self._dataset_banks = Memo()  # the backbone's dataset bank, built or loaded once (banks.py)
+        self._dataset_banks = Memo()  # dataset banks (the backbone's, a split's), built or loaded once (banks.py)
 
     def _count(self, *keys: str) -> None:
         with self._stats_lock:
@@ -397,13 +397,24 @@ class Explainer:
         source = self.backbone.default_bank
         if source is None:
             return None
+        return self.dataset_bank(source, progress, cancel).bank
+
+    def dataset_bank(self, source, progress: Callable[[int, int], None] | None = None,
+                     cancel: Callable[[], bool] | None = None, load: bool = True):
+        """The bank of a dataset (a cam_core.banks.DatasetBank) for this backbone, as a
+        cam_core.banks.CachedBank (bank, cache file, whether it was built): loaded from the disk
+        cache or built there (progress, cancel), once per Explainer and source; concurrent
+        callers wait for the one building. load=False: only if this Explainer has it already
+        (else None), without any work."""
+        if not load:
+            return self._dataset_banks.peek(source)
 
         def compute():
             from .banks import dataset_bank
 
             cached = dataset_bank(self.backbone, source, progress, cancel)
             self._count("bank_builds" if cached.built else "bank_loads")
-            return cached.bank
+            return cached
 
         return self._dataset_banks.get(source, compute)
 

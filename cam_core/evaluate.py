@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from .engine import Explainer
-from .errors import MethodError
+from .errors import Cancelled, MethodError
 from .kmeans import KMeansError
 from .images import load_image
 from .methods import get_method
@@ -105,12 +105,19 @@ def method_params(method: str, params: dict | None, bank=None) -> dict:
     return json.loads(json.dumps(out))
 
 
+def reads_bank(methods: list[str], params: dict | None = None) -> bool:
+    """Whether one of `methods` reads a prototype bank (declares NEEDS_BANK) with these parameters
+    (not ``source=image``, which clusters each image's own pixels)."""
+    params = params or {}
+    return any(NEEDS_BANK in get_method(m).needs
+               and get_method(m).resolve_params(params.get(m)).get("source", "bank") == "bank" for m in methods)
+
+
 def _bank_in_use(explainer: Explainer, methods: list[str], params: dict, bank=None):
     """The bank the bank-reading methods will use: `bank`, else set_bank's or the backbone's
     dataset bank (built on first use), so that the rows name the bank they were computed with;
     None when they read each image's own pixels."""
-    if bank is not None or not any(NEEDS_BANK in get_method(m).needs and get_method(m).resolve_params(
-            params.get(m)).get("source", "bank") == "bank" for m in methods):
+    if bank is not None or not reads_bank(methods, params):
         return bank
     return explainer.default_bank()
 
@@ -437,6 +444,11 @@ def _describe(run) -> str:
     return ", ".join(f"{k} {run.get(k)}" for k in ("backbone", "dataset", "split"))
 
 
+def _check(cancel: Callable[[], bool] | None, done: int, total: int) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled(f"evaluation stopped after {done} of {total} images")
+
+
 def _reusable(row: dict | None, params: dict, metrics: list[str], score: str) -> bool:
     if row is None or row.get("params") != params:
         return False
@@ -459,6 +471,7 @@ def evaluate(
     batch_size: int = 0,
     layer: str | None = None,
     keep_stats: bool = False,
+    cancel: Callable[[], bool] | None = None,
 ) -> list[dict]:
     """Totals per method (see the module docstring); per-image rows appended to rows_out
     (with their ``stats`` when keep_stats: what cam_core.results' per-class tables read).
@@ -466,7 +479,8 @@ def evaluate(
     ``engine``: None or InProcess() runs here; a ``cam_core.distributed.RayEngine`` runs the
     same :func:`evaluate_image` on Ray actors. ``store``: a RowStore to resume from and to
     append to (images whose rows it already holds are not computed again). progress(done,
-    total) counts images, those found in the store included."""
+    total) counts images, those found in the store included. cancel() is asked before each
+    image is started: True raises Cancelled, the finished images' rows being in the store."""
     params = params or {}
     metrics = [m for m in FAITHFULNESS if m in set(metrics)]
     unknown = set(metrics) - set(FAITHFULNESS)
@@ -497,6 +511,8 @@ def evaluate(
     if progress is not None and finished:
         progress(finished, total)
     job = EvalJob(params, tuple(metrics), bank, metric_score, batch_size, layer)
+    if todo:
+        _check(cancel, finished, total)
     for _, rows in (engine or InProcess()).run(explainer, job, todo):
         if store is not None:
             store.append(rows)
@@ -505,6 +521,8 @@ def evaluate(
         finished += 1
         if progress is not None:
             progress(finished, total)
+        if finished < total:
+            _check(cancel, finished, total)  # before the engine is asked for (starts) the next image
     totals = {m: MethodTotals(m, len(names)) for m in methods}
     ordered = []
     for s in samples:  # dataset order, whatever order the engine finished in
@@ -586,18 +604,21 @@ class ImageFolder:
 
 
 def faithfulness_rows(explainer: Explainer, sample, methods: list[str], params: dict | None, metrics: list[str],
-                      layer: str | None = None, metric_score: str = "softmax", batch_size: int = 0) -> list[dict]:
+                      layer: str | None = None, metric_score: str = "softmax", batch_size: int = 0,
+                      bank=None) -> list[dict]:
     """One row per method: the faithfulness metrics of the map of the image's top-1 class (as
-    :func:`evaluate_image` computes them, without the ground-truth part)."""
+    :func:`evaluate_image` computes them, without the ground-truth part). ``bank``: LPCAM's
+    (None: set_bank's or the backbone's dataset bank, as :func:`evaluate`)."""
     params = params or {}
+    bank = _bank_in_use(explainer, methods, params, bank)
     image = sample.image()
     fwd = explainer.forward(image, layer)
     top1 = int(fwd.probs.argmax())
     rows = []
     for m in methods:
         t0 = time.perf_counter()
-        res = explainer.compute(image, m, top1, layer, params.get(m))
-        row = {"image": sample.id, "method": m, "params": method_params(m, params.get(m), explainer.bank),
+        res = explainer.compute(image, m, top1, layer, params.get(m), bank=bank)
+        row = {"image": sample.id, "method": m, "params": method_params(m, params.get(m), bank),
                "top1": explainer.backbone.class_names[top1], "seconds": round(time.perf_counter() - t0, 6)}
         t1 = time.perf_counter()
         row.update(faithfulness(fwd, res.map, top1, metrics, score=metric_score, batch_size=batch_size))
@@ -610,23 +631,26 @@ def faithfulness_rows(explainer: Explainer, sample, methods: list[str], params: 
 def evaluate_faithfulness(dataset, explainer: Explainer, methods: list[str], params: dict | None = None,
                           metrics: Iterable[str] = FAITHFULNESS, limit: int | None = None,
                           progress: Callable[[int, int], None] | None = None, rows_out: list | None = None,
-                          store=None, layer: str | None = None, metric_score: str = "softmax") -> list[dict]:
+                          store=None, layer: str | None = None, metric_score: str = "softmax",
+                          cancel: Callable[[], bool] | None = None, bank=None) -> list[dict]:
     """Faithfulness only, on images without ground truth (an :class:`ImageFolder`): per method,
     the mean over images of each metric of :func:`faithfulness_rows`; rows appended to
     rows_out (method by method, each in the folder's order); a store (RowStore or cam_core.results.ResultCache) to resume
-    from and append to, as :func:`evaluate`."""
+    from and append to, and cancel() before each image computed, as :func:`evaluate`."""
     params = params or {}
     metrics = [m for m in FAITHFULNESS if m in set(metrics)]
     if not metrics:
         raise ValueError("choose at least one faithfulness metric: without ground truth there is nothing else")
     samples = list(dataset)[:limit] if limit else list(dataset)
-    wanted = {m: method_params(m, params.get(m), explainer.bank) for m in methods}
+    bank = _bank_in_use(explainer, methods, params, bank)  # the rows name the bank LPCAM really read
+    wanted = {m: method_params(m, params.get(m), bank) for m in methods}
     stored = store.load() if store is not None else {}
     done = {k: r for k, r in stored.items() if k[1] in wanted and _reusable(r, wanted[k[1]], metrics, metric_score)}
     for i, s in enumerate(samples):
         missing = [m for m in methods if (s.id, m) not in done]
         if missing:
-            rows = faithfulness_rows(explainer, s, missing, params, metrics, layer, metric_score)
+            _check(cancel, i, len(samples))
+            rows = faithfulness_rows(explainer, s, missing, params, metrics, layer, metric_score, bank=bank)
             if store is not None:
                 store.append(rows)
             done.update({(r["image"], r["method"]): r for r in rows})

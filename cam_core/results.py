@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .backbones import Backbone
+from .banks import weights_digest
 from .evaluate import RowStore, method_params
 from .metrics import FAITHFULNESS
 
@@ -47,16 +49,20 @@ def dataset_key(dataset) -> dict:
 class ResultCache:
     """Rows of evaluations on disk, one RowStore file (JSONL, see cam_core.evaluate) per
     (dataset, backbone, layer, method, parameters), named by a digest of those; a store for
-    :func:`cam_core.evaluate.evaluate` (``load()`` and ``append(rows)``). Faithfulness metrics
-    are not in the key: a row missing one that is asked for is computed again and replaces
-    the stored one (RowStore's rule)."""
+    :func:`cam_core.evaluate.evaluate` (``load()`` and ``append(rows)``). The backbone is its
+    name and a digest of its weights (cam_core.banks.weights_digest): two checkpoints of the
+    same file name never share rows. ``bank``: the prototype bank the bank-reading methods
+    use (its content key joins their parameters). Faithfulness metrics are not in the key: a
+    row missing one that is asked for is computed again and replaces the stored one
+    (RowStore's rule)."""
 
-    def __init__(self, root: str | Path, dataset: dict, backbone: str, layer: str, methods: list[str],
+    def __init__(self, root: str | Path, dataset: dict, backbone: Backbone, layer: str, methods: list[str],
                  params: dict[str, dict] | None = None, bank=None):
         self.root = Path(root)
         self.stores: dict[str, RowStore] = {}
+        weights = weights_digest(backbone.model)
         for m in methods:
-            run = {**dataset, "backbone": backbone, "layer": layer, "method": m,
+            run = {**dataset, "backbone": backbone.name, "weights": weights, "layer": layer, "method": m,
                    "params": method_params(m, (params or {}).get(m), bank)}
             self.stores[m] = RowStore(self.root / f"{_digest(run)}.rows.jsonl", run)
 

@@ -368,8 +368,8 @@ def main(sel: Selection) -> None:
             "Download the whole grid (PNG)",
             grid_png([("image", display_rgb), *tiles], display.per_row + 1, settings, display.cmap, display.norm),
             file_name=f"{image.stem}_grid.png", mime="image/png", key="grid_png", on_click="ignore")
-    scores.faithfulness(ex, image, results, specs, layer)
-    scores.agreement_matrix(results, targets[0], display_rgb.shape[:2], display.norm, display.threshold, specs)
+    scores.faithfulness(ex, image, results, specs, layer, cancel=stop_all_requested)
+    scores.agreement_matrix(results, targets, bb, display_rgb.shape[:2], display.norm, display.threshold, specs)
     warm_up_once(ex, [m for m in chosen if any(k[1] == m for k in grid.results)])
 
 

@@ -10,10 +10,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from cam_core import BACKBONES
-from cam_core.evaluate import ImageFolder, evaluate, evaluate_faithfulness
+from cam_core import BACKBONES, Cancelled
+from cam_core.banks import split_bank
+from cam_core.evaluate import ImageFolder, evaluate, evaluate_faithfulness, reads_bank
 from cam_core.groundtruth import GroundTruthError, find_ground_truth, outline
 from cam_core.images import ImageError, load_image, resolve_under
+from cam_core.methods import get_method
+from cam_core.methods.base import NEEDS_BANK
 from cam_core.metrics import FAITHFULNESS
 from cam_core.render import downscale_for_display, render_tile, to_image_map
 from cam_core.results import (
@@ -35,8 +38,9 @@ from ui.common import (
     drop_stale_choice,
     get_explainer,
     keep_widget_state,
-    param_input,
     page_selection,
+    param_input,
+    stop_all_requested,
     testbed_dir,
 )
 
@@ -49,6 +53,7 @@ DEFAULT_METHODS = ["cam", "gradcam"]
 SUMMARY_KEYS = ["images", "seed_mIoU", "best_bg_threshold", "fg_precision", "fg_recall", "recall_body", "recall_part",
                 "gt_known_loc", "top1_loc", "energy_pointing_game", "pointing_game", "maxboxacc_v2", "pxap"]
 GALLERY_SIZE = 8
+BANK_SPLIT = "train"  # LPCAM's bank: the dataset's train split, as `cam_core evaluate`'s --bank-from default
 SIDEBAR = "the sidebar's backbone"
 
 
@@ -119,18 +124,41 @@ def summary_table(summaries: list[dict], metrics: list[str]) -> pd.DataFrame:
                         ).set_index("method")
 
 
-def run_evaluation(ds, ex, methods, layer, params, metrics, limit) -> None:
+STOPPED = "Stopped. The finished images are cached: Run resumes from them."
+
+
+def lpcam_bank_source(ds, backbone, methods: list[str], params: dict):
+    """Where LPCAM's bank comes from, as `cam_core evaluate` by default (--bank-from train): the
+    train split of the dataset's folder (cam_core.banks.split_bank, cached on disk as banks.py
+    caches every dataset bank); for an image folder (no splits) the backbone's own dataset bank
+    (Backbone.default_bank). None when no method reads a bank (LPCAM with source=image) or the
+    folder's backbone declares none: LPCAM clusters each image's own pixels."""
+    if not reads_bank(methods, params):
+        return None
+    return backbone.default_bank if isinstance(ds, ImageFolder) else split_bank(ds.root, BANK_SPLIT)
+
+
+def run_evaluation(ds, ex, methods, layer, params, metrics, limit, cancel) -> None:
+    """Run, resume and stop: the rows of each finished image are on disk (ResultCache) before
+    the next one starts. Stopped by the page's Stop (a click interrupts the run at its next
+    progress update; its callback ends the run) or by cancel() (the sidebar's Stop), asked
+    before each image and between the batches of a bank build."""
     settings = (str(ds.root), ds.split, ex.backbone.name, layer, tuple(methods), repr(params), tuple(metrics), limit)
-    cache = ResultCache(cache_dir(), dataset_key(ds), ex.backbone.name, layer, methods, params)
+    folder = isinstance(ds, ImageFolder)
+    source = lpcam_bank_source(ds, ex.backbone, methods, params)
+    loaded = ex.dataset_bank(source, load=False) if source is not None else None
     total = min(len(ds), limit or len(ds))
-    have = cache.cached_images()
-    st.caption(f"{total} images · cached on disk: " + ", ".join(f"{m} {min(n, total)}" for m, n in have.items()))
+    known = [m for m in methods if source is None or loaded is not None or not reads_bank([m], params)]
+    have = ResultCache(cache_dir(), dataset_key(ds), ex.backbone, layer, known, params,
+                       loaded.bank if loaded is not None else None).cached_images()
+    st.caption(f"{total} images · cached on disk: " + ", ".join(
+        f"{m} {min(have[m], total)}" if m in have else f"{m} (known once its bank is loaded)" for m in methods))
     c1, c2 = st.columns([1, 5])
     # Callbacks, not the buttons' return values: they run before the script, whatever reruns it.
     c1.button("Run", key="ev_run", type="primary", disabled=not methods, on_click=st.session_state.update,
               args=({"ev_active": settings, "ev_stopped": False},))
     if st.session_state.pop("ev_stopped", False):
-        st.warning("Stopped. The finished images are cached: Run resumes from them.")
+        st.warning(STOPPED)
     if st.session_state.get("ev_active") != settings:
         return
     # A click on Stop interrupts the run in progress (at its next progress update) and reruns
@@ -142,24 +170,48 @@ def run_evaluation(ds, ex, methods, layer, params, metrics, limit) -> None:
         bar.progress(done / n, text=f"{done}/{n} images")
 
     rows: list[dict] = []
-    folder = isinstance(ds, ImageFolder)
+    bank = described = None
     try:
+        if source is not None:
+            def bank_progress(done: int, n: int) -> None:
+                bar.progress(done / n, text=f"LPCAM's bank (first use): {done}/{n} images of {source.name}")
+
+            try:
+                cached = ex.dataset_bank(source, bank_progress, cancel)
+            except DatasetError as exc:  # e.g. a VOC folder without a train split
+                raise DatasetError(f"LPCAM's bank is built from the dataset's {BANK_SPLIT} split, as `cam_core "
+                                   f"evaluate` does: {exc}. Set LPCAM's source to image to cluster each image's "
+                                   "own pixels instead.") from None
+            bank = cached.bank
+            origin = ("the backbone's own dataset bank" if folder else f"the dataset's {BANK_SPLIT} split, as "
+                      f"`cam_core evaluate` builds it (--bank-from {BANK_SPLIT})")
+            described = f"LPCAM's bank: {bank.describe(ex.backbone.short_name)} — {origin}; cached in {cached.path}"
+        cache = ResultCache(cache_dir(), dataset_key(ds), ex.backbone, layer, methods, params, bank)
         if folder:
-            summaries = evaluate_faithfulness(ds, ex, methods, params, metrics, limit, progress, rows, cache, layer)
+            summaries = evaluate_faithfulness(ds, ex, methods, params, metrics, limit, progress, rows, cache, layer,
+                                              cancel=cancel, bank=bank)
         else:
-            summaries = evaluate(ds, ex, methods, params, limit=limit, progress=progress, rows_out=rows,
-                                 metrics=metrics, store=cache, layer=layer, keep_stats=True)
-    except (*USER_ERRORS, ValueError) as exc:
+            summaries = evaluate(ds, ex, methods, params, bank=bank, limit=limit, progress=progress, rows_out=rows,
+                                 metrics=metrics, store=cache, layer=layer, keep_stats=True, cancel=cancel)
+    except Cancelled:
+        bar.empty()
+        st.warning(STOPPED)
+        return
+    except (*USER_ERRORS, ValueError) as exc:  # DatasetError is a ValueError
         st.error(str(exc))
         return
     finally:
         st.session_state.pop("ev_active", None)
     bar.empty()
+    if any(NEEDS_BANK in get_method(m).needs for m in methods) and described is None:
+        described = "LPCAM's bank: none, each image's own pixels " + (
+            "(source=image)" if not reads_bank(methods, params) else "(the backbone declares no dataset bank)")
     st.session_state["ev_result"] = {
         "root": str(ds.root), "split": ds.split, "folder": folder, "backbone": ex.backbone.name, "explainer": ex,
         "choice": st.session_state.get("ev_backbone"),
         "class_names": tuple(ex.backbone.class_names) if folder else ds.class_names,
         "layer": layer, "methods": methods, "params": params, "metrics": metrics, "summaries": summaries, "rows": rows,
+        "bank": bank, "bank_line": described,
     }
 
 
@@ -168,7 +220,7 @@ def _tile(ex, result: dict, row: dict, method: str, cls: int, caption: str, key:
     path = root / row["image"] if result["folder"] else VOCSample(row["image"], root, ()).image_path
     image = load_image(path)
     try:
-        res = ex.compute(image, method, cls, result["layer"], result["params"].get(method))
+        res = ex.compute(image, method, cls, result["layer"], result["params"].get(method), bank=result.get("bank"))
     except USER_ERRORS as exc:
         st.error(str(exc))
         return
@@ -183,7 +235,10 @@ def _tile(ex, result: dict, row: dict, method: str, cls: int, caption: str, key:
              (image.sha256, result["backbone"]), "target": cls, "topk": 1, "ev_open_compare": True,
              **({} if result["choice"] == SIDEBAR else {"backbone_choice": result["backbone"]}),
              **{f"param_{method}_{p.name}": result["params"].get(method, {}).get(p.name, p.default)
-                for p in specs[method].params if p.name != "labels"}}
+                for p in specs[method].params if p.name != "labels"},
+             # the Compare page's LPCAM then reads the bank this evaluation used
+             **({"lpcam_bank": result["bank"]} if result.get("bank") is not None and NEEDS_BANK in specs[method].needs
+                else {})}
     # A callback, so that the sidebar's widgets take these values before they are drawn again;
     # a bound method, not a function of this script (see compare.py).
     st.button("Open in Compare", key=key, on_click=st.session_state.update, args=(state,))
@@ -245,13 +300,15 @@ if ds is not None:
         st.error(f"{name} has {ex.backbone.num_classes} classes, the dataset {len(ds.class_names)}: choose a "
                  "backbone trained on its classes.")
     else:
-        run_evaluation(ds, ex, *method_controls(ex, name, folder))
+        run_evaluation(ds, ex, *method_controls(ex, name, folder), cancel=stop_all_requested)
 
 result = st.session_state.get("ev_result")
 if result is not None:
     st.subheader("Summary")
     st.caption(f"{result['backbone']} · layer `{result['layer']}` · {result['root']} ({result['split']})")
     st.dataframe(summary_table(result["summaries"], result["metrics"]))
+    if result.get("bank_line"):
+        st.caption(result["bank_line"])
     if not result["folder"]:
         st.subheader("Per class")
         st.dataframe(pd.DataFrame(per_class(result["rows"], result["summaries"], result["class_names"])),

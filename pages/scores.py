@@ -22,6 +22,7 @@ from cam_core.groundtruth import (
     parse_box,
     read_mask,
 )
+from cam_core.errors import Cancelled
 from cam_core.metrics import agreement, confidence_change, deletion, insertion
 from cam_core.render import to_image_map
 
@@ -110,9 +111,15 @@ def _curve_key(image, ex, layer, t, res) -> tuple:
     return (image.sha256, ex.backbone.name, layer, res.method, t, res.params)
 
 
-def faithfulness(ex, image, results: dict, specs: dict, layer: str) -> None:
+FAITH_STOPPED = ("Stopped: the curves of {what} were not finished and are not shown; Score faithfulness scores "
+                 "the tiles still missing.")
+
+
+def faithfulness(ex, image, results: dict, specs: dict, layer: str, cancel=None) -> None:
     """"Score faithfulness": RISE's deletion and insertion games (cam_core.metrics) of every
-    shown tile, with progress and stop, and one plot of all their curves."""
+    shown tile, with progress and stop, and one plot of all their curves. A tile's two curves
+    are kept only when both games finished: its Stop (a click interrupts the run) or cancel()
+    (the sidebar's Stop; asked before each batch of forwards) leaves no partial curve."""
     labels = {n: s.label for n, s in specs.items()}
     first = next(iter(results), (None, None))[0]
     # the shown tiles: a class-agnostic map (Eigen-CAM) once, as the grid shows it
@@ -124,32 +131,42 @@ def faithfulness(ex, image, results: dict, specs: dict, layer: str) -> None:
     active = st.session_state.get("faith_active") == image.sha256
     c1, c2 = st.columns([1, 4])
     c1.button("Score faithfulness", key="faith_run", disabled=not missing or active,
-              on_click=st.session_state.update, args=({"faith_active": image.sha256},),
+              on_click=st.session_state.update, args=({"faith_active": image.sha256, "faith_stopped": None},),
               help="Deletion and insertion (RISE): the class probability as the map's pixels are removed from "
                    "the input (to zero), or added to a blurred copy, 224 pixels per step at 224 × 224.")
     if active and missing:
         stop = c2.empty()
-        stop.button("Stop", key="faith_stop", on_click=st.session_state.update, args=({"faith_active": None},))
+        # The click interrupts the run; the message names the tile in progress ("faith_scoring").
+        stop.button("Stop", key="faith_stop", on_click=st.session_state.update,
+                    args=({"faith_active": None, "faith_stopped": image.sha256},))
         bar = st.progress(0.0)
         fwd = ex.forward(image, layer)
-        for n, k in enumerate(missing):
-            t, m = k
-            res = results[k]
+        try:
+            for n, k in enumerate(missing):
+                t, m = k
+                res = results[k]
+                st.session_state["faith_scoring"] = labels[m]
 
-            def progress(done, total, game, n=n, label=labels[m]):
-                bar.progress((n + (done / total + (game == "insertion")) / 2) / len(missing),
-                             text=f"{label}: {game} {done}/{total}")
+                def progress(done, total, game, n=n, label=labels[m]):
+                    bar.progress((n + (done / total + (game == "insertion")) / 2) / len(missing),
+                                 text=f"{label}: {game} {done}/{total}")
 
-            target = t if res.target is not None else int(fwd.probs.argmax())
-            curves = [game(fwd.backbone.model, fwd.input, res.map, target,
-                           progress=lambda d, total, g=game.__name__: progress(d, total, g))
-                      for game in (deletion, insertion)]
-            store[keys[k]] = curves
-            while len(store) > FAITH_KEEP:
-                store.pop(next(iter(store)))
+                target = t if res.target is not None else int(fwd.probs.argmax())
+                curves = [game(fwd.backbone.model, fwd.input, res.map, target, cancel=cancel,
+                               progress=lambda d, total, g=game.__name__: progress(d, total, g))
+                          for game in (deletion, insertion)]
+                store[keys[k]] = curves  # both games finished: never a partial curve
+                while len(store) > FAITH_KEEP:
+                    store.pop(next(iter(store)))
+            st.session_state.pop("faith_scoring", None)
+        except Cancelled:
+            st.session_state.update({"faith_stopped": image.sha256, "faith_active": None})
+            st.rerun()  # this run drew "Score faithfulness" disabled (running); the next draws it enabled
         bar.empty()
         stop.empty()
         st.session_state["faith_active"] = None
+    if st.session_state.get("faith_stopped") == image.sha256 and any(key not in store for key in keys.values()):
+        st.warning(FAITH_STOPPED.format(what=st.session_state.get("faith_scoring") or "the tile in progress"))
     shown = [(k, store[key]) for k, key in keys.items() if key in store]
     if not shown:
         return
@@ -167,17 +184,28 @@ def faithfulness(ex, image, results: dict, specs: dict, layer: str) -> None:
     st.plotly_chart(fig, key="faith_plot")
 
 
-def agreement_matrix(results: dict, target: int, size: tuple[int, int], norm: str, threshold: float,
+def agreement_matrix(results: dict, targets: list[int], backbone, size: tuple[int, int], norm: str, threshold: float,
                      specs: dict) -> None:
-    """Pearson r and IoU at the threshold (0.5 when the page's is off) between the maps of the
-    first class, as normalised on the tiles (cam_core.metrics.agreement)."""
+    """Pearson r and IoU at the threshold (0.5 when the page's is off) between the maps of one
+    class, as normalised on the tiles (cam_core.metrics.agreement): with several class rows
+    (top-k), of the class picked above the matrix (the first row's by default)."""
     labels = {n: s.label for n, s in specs.items()}
-    maps = {labels[m]: to_image_map(res.map, size, norm) for (t, m), res in results.items() if t == target}
-    if len(maps) < 2:
+    if len({m for _, m in results}) < 2:
         return
     t = threshold or 0.5
-    ag = agreement(maps, t)
     with st.expander("Agreement between methods"):
+        target = targets[0]
+        if len(targets) > 1:
+            if st.session_state.get("agree_class") not in targets:  # another image's or backbone's classes
+                st.session_state.pop("agree_class", None)
+            target = st.selectbox("Class", targets, key="agree_class", format_func=backbone.short_name,
+                                  help="The matrix compares the methods' maps of this class (one of the rows above).")
+        # A class-agnostic map (Eigen-CAM) is the same for every class: it takes part for each.
+        maps = {labels[m]: to_image_map(res.map, size, norm) for (c, m), res in results.items() if c == target}
+        if len(maps) < 2:
+            st.caption("Two maps or more of this class are needed to compare them.")
+            return
+        ag = agreement(maps, t)
         fig = make_subplots(rows=1, cols=2, subplot_titles=("Pearson r", f"IoU of map ≥ {t:.2f}"),
                             horizontal_spacing=0.15)
         for col, values in ((1, ag.pearson), (2, ag.iou)):

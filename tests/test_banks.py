@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from cam_core import Cancelled, Explainer
 from cam_core.backbones import load_testbed, register_backbone
 from cam_core.backbones.registry import BACKBONES
-from cam_core.banks import cache_dir
+from cam_core.banks import cache_dir, split_bank
 from cam_core.cli import main
 from cam_core.testbed.generate import CLASSES
 from cam_core.testbed.models import build_model
@@ -228,3 +228,47 @@ def test_warm_up_leaves_the_dataset_bank_to_the_first_real_use(cache, tiny):
     assert _cached_banks() == []  # nothing built silently while the backbone loads
     ex.default_bank()
     assert ex.stats["bank_builds"] == 1
+
+
+def test_evaluate_bank_from_a_split_is_cached_and_named(cache, tiny, tmp_path, capsys):
+    """`cam_core evaluate --bank-from train` (the default) builds LPCAM's bank through the disk
+    cache: the first run builds and caches it, the next loads it, and both rows name one bank."""
+    from cam_core.testbed.generate import generate
+
+    register_backbone("tiny-testbed-eval", "test", lambda: load_testbed(tiny))
+    try:
+        root = tmp_path / "tb"
+        generate(root, n=12, seed=3)
+        args = ["evaluate", "--dataset", str(root), "--backbone", "tiny-testbed-eval", "--methods", "lpcam",
+                "--param", "lpcam.multiscale=false", "--param", "lpcam.k=2", "--limit", "1"]
+        assert main([*args, "--out", str(tmp_path / "a.csv")]) == 0
+        err = capsys.readouterr().err
+        n_train = len(VOCDataset(root, "train"))
+        assert f"LPCAM bank: tb/train: {n_train} images" in err and "(built and cached: " in err
+        (path,) = _cached_banks()
+        assert "-tb-" in path.name and str(cache) in str(path)
+        assert main([*args, "--out", str(tmp_path / "b.csv")]) == 0
+        assert f"(loaded from the cache: {path})" in capsys.readouterr().err
+        rows = [json.loads(p.read_text().splitlines()[1]) for p in (tmp_path / "a.rows.jsonl", tmp_path / "b.rows.jsonl")]
+        bank = Explainer(load_testbed(tiny)).dataset_bank(split_bank(root)).bank
+        assert rows[0]["params"]["bank"] == rows[1]["params"]["bank"] == bank.key
+        assert rows[0]["params"] == rows[1]["params"] and rows[0]["stats"] == rows[1]["stats"]
+    finally:
+        BACKBONES.pop("tiny-testbed-eval")
+
+
+def test_faithfulness_rows_name_the_dataset_bank_lpcam_read(cache, tiny, tmp_path):
+    """On an image folder (no ground truth), LPCAM reads the backbone's dataset bank, and its
+    rows say so (they said 'image' while the map came from the bank)."""
+    import shutil
+
+    from cam_core.evaluate import ImageFolder, evaluate_faithfulness
+
+    ex = Explainer(load_testbed(tiny))
+    bank = ex.default_bank()  # generates the data: images for the folder
+    (tmp_path / "imgs").mkdir()
+    shutil.copy(VOCDataset(_data_root(), "val")[0].image_path, tmp_path / "imgs" / "a.jpg")
+    rows = []
+    evaluate_faithfulness(ImageFolder(tmp_path / "imgs"), ex, ["lpcam"], {"lpcam": {"multiscale": False, "k": 2}},
+                          metrics=["average_drop"], rows_out=rows)
+    assert rows[0]["params"]["bank"] == bank.key

@@ -287,3 +287,23 @@ def test_feature_plot_labels_and_title_fit_at_1280_px(served_app, browser):
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] + 1 or b[3] <= a[1] + 1, (a, b)
     assert found["svg"][0] <= found["title"][0] and found["title"][2] <= found["svg"][2]
     page.close()
+
+
+def test_stopping_score_faithfulness_by_its_button_leaves_no_curve(served_app, browser):
+    """Issue 10: the click on the faithfulness run's own Stop interrupts the run (AppTest cannot
+    click during a run): no unfinished curve is shown, the page says so, and the run can start again."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(served_app)
+    main = page.locator("[data-testid='stMain']")
+    sidebar = page.locator("[data-testid='stSidebar']")
+    main.get_by_text("Eigen-CAM", exact=True).first.wait_for(timeout=180_000)
+    expect(sidebar.get_by_text("Working…")).to_have_count(0, timeout=120_000)
+    main.get_by_role("button", name="Score faithfulness").click()
+    main.get_by_text(re.compile(r"CAM: deletion \d+/\d+")).first.wait_for(timeout=120_000)  # mid-game
+    main.get_by_role("button", name="Stop", exact=True).click()
+    main.get_by_text(re.compile("Stopped: the curves of .* were not finished")).wait_for(timeout=120_000)
+    expect(main.get_by_text(re.compile(r"\(AUC \d"))).to_have_count(0)
+    expect(main.get_by_role("button", name="Score faithfulness")).to_be_enabled()
+    page.close()

@@ -145,3 +145,64 @@ def test_the_ground_truth_is_outlined_on_the_image_and_the_tiles(app, lite0, mon
         picture = picture[: plain.shape[0]]  # a tile is shown with its colour bar below it
         green = (picture[..., 1] > 200) & (picture[..., 0] < 90) & (picture[..., 2] < 90)
         assert green[line].mean() > 0.85 and green[~line].mean() < 0.01  # JPEG edges of a tile: ~0.89
+
+
+def _faith_plot(at):
+    return next((json.loads(c.proto.spec) for c in at.get("plotly_chart") if "deletion" in c.proto.spec), None)
+
+
+def test_a_stopped_faithfulness_run_leaves_no_partial_curve_and_says_so(app, testbed_cnn, monkeypatch):
+    import ui.common
+
+    app.selectbox(key="backbone_choice").set_value("testbed-cnn").run()
+    app.multiselect(key="methods").set_value(["cam", "layercam"]).run()
+    asked = []
+
+    def stop() -> bool:  # the sidebar's Stop, as the page sees it, mid-way through CAM's deletion game
+        asked.append(1)
+        return len(asked) > 5
+
+    monkeypatch.setattr(ui.common, "stop_all_requested", stop)
+    app.button(key="faith_run").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert any(w.value.startswith("Stopped: the curves of CAM were not finished") for w in app.warning)
+    assert _faith_plot(app) is None and not app.button(key="faith_run").disabled  # nothing shown as complete
+    app.run()
+    assert _faith_plot(app) is None and any(w.value.startswith("Stopped: ") for w in app.warning)
+
+    monkeypatch.setattr(ui.common, "stop_all_requested", lambda: False)
+    app.button(key="faith_run").click().run()
+    assert not any(w.value.startswith("Stopped: ") for w in app.warning)
+    names = [t["name"] for t in _faith_plot(app)["data"]]
+    assert [n.split(" (AUC")[0] for n in names] == ["CAM deletion", "CAM insertion", "LayerCAM deletion",
+                                                   "LayerCAM insertion"]
+    image = load_image(SAMPLES / "cat.png")
+    fwd = testbed_cnn.forward(image)
+    t = int(fwd.probs.argmax())
+    m = testbed_cnn.compute(image, "cam", t).map
+    assert names[0].endswith(f"(AUC {deletion(fwd.backbone.model, fwd.input, m, t).auc:.3f})")
+
+
+def test_the_agreement_matrix_follows_the_class_picked_in_top_k(app, lite0, cat):
+    app.multiselect(key="methods").set_value(["cam", "gradcampp", "eigencam"]).run()
+    app.number_input(key="topk").set_value(2).run()
+    assert not app.exception, [e.value for e in app.exception]
+    ex = Explainer(lite0)
+    first, second = ex.forward(cat).probs.topk(2).indices.tolist()
+    size = downscale_for_display(cat.rgb, 640)[0].shape[:2]
+
+    def shown():
+        fig = json.loads(next(c for c in app.get("plotly_chart") if "Pearson" in c.proto.spec).proto.spec)
+        return [np.array(trace["z"], dtype=float) for trace in fig["data"]]
+
+    def expected(t):
+        return agreement({m: to_image_map(ex.compute(cat, m, t).map, size, "minmax")
+                          for m in ("cam", "gradcampp", "eigencam")}, 0.5)
+
+    assert app.selectbox(key="agree_class").value == first
+    r, iou = shown()
+    assert np.allclose(r, expected(first).pearson, atol=1e-6) and np.allclose(iou, expected(first).iou, atol=1e-6)
+    app.selectbox(key="agree_class").set_value(second).run()
+    r, iou = shown()
+    assert np.allclose(r, expected(second).pearson, atol=1e-6) and np.allclose(iou, expected(second).iou, atol=1e-6)
+    assert not np.allclose(r, expected(first).pearson, atol=1e-3)  # another class, another matrix

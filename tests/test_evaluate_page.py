@@ -165,3 +165,122 @@ def test_the_sidebars_backbone_can_be_evaluated(page):
     assert page.dataframe[0].value.drop(columns="seconds_per_image").equals(direct.drop(columns="seconds_per_image"))
     page.button(key="ev_open_0").click().run()
     assert not page.exception and page.selectbox(key="backbone_choice").value == "testbed-cnn"
+
+
+def _summary_equals_clis(table, cli_json, keys=("images", "seed_mIoU", "best_bg_threshold", "fg_precision",
+                                                "fg_recall", "recall_body", "gt_known_loc", "top1_loc",
+                                                "energy_pointing_game", "pointing_game", "maxboxacc_v2", "pxap")):
+    cli = {s["method"]: s for s in json.loads(cli_json.read_text())}
+    assert list(table.index) == list(cli)
+    for method, s in cli.items():
+        for key in keys:
+            page_value = float(table.loc[method, key])
+            assert page_value == pytest.approx(s[key]) or (math.isnan(page_value) and math.isnan(s[key])), key
+
+
+def test_lpcam_reads_the_clis_bank_and_gives_the_clis_row(page, tmp_path, capsys):
+    from cam_core.voc import VOCDataset
+
+    page.multiselect(key="ev_methods").set_value(["cam", "lpcam"]).run()
+    assert any("lpcam (known once its bank is loaded)" in c.value for c in page.caption)
+    _run(page)
+    n_train = len(VOCDataset(tmp_path / "testbed", "train"))
+    line = next(c.value for c in page.caption if c.value.startswith("LPCAM's bank: "))
+    assert line.startswith(f"LPCAM's bank: testbed/train: {n_train} images") and "--bank-from train" in line
+    capsys.readouterr()
+    out = tmp_path / "cli.csv"
+    assert main(["evaluate", "--dataset", str(tmp_path / "testbed"), "--backbone", "testbed-cnn", "--methods",
+                 "cam,lpcam", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"LPCAM bank: testbed/train: {n_train} images" in err and "(loaded from the cache: " in err  # the page's
+    _summary_equals_clis(page.dataframe[0].value, out.with_suffix(".json"))
+    cli_rows = [json.loads(r) for r in out.with_name("cli.rows.jsonl").read_text().splitlines()[1:]]
+    page_rows = page.session_state["ev_result"]["rows"]
+    assert {r["params"]["bank"] for r in cli_rows if r["method"] == "lpcam"} == \
+        {r["params"]["bank"] for r in page_rows if r["method"] == "lpcam"} != {"image"}
+    page.run()
+    assert any("2 images · cached on disk: cam 2, lpcam 2" in c.value for c in page.caption)
+
+
+@pytest.fixture
+def page15(tmp_path, monkeypatch):
+    """The page on a testbed of 15 images (3 in the val split)."""
+    monkeypatch.setenv("CAM_EXPLORER_TESTBED_DIR", str(tmp_path / "testbed"))
+    monkeypatch.setenv("CAM_EXPLORER_TESTBED_N", "15")
+    monkeypatch.setenv("CAM_EXPLORER_EVAL_DIR", str(tmp_path / "eval"))
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.run()
+    at.switch_page("pages/evaluate.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_a_stopped_run_keeps_its_images_and_the_next_run_resumes(page15, tmp_path, monkeypatch):
+    import cam_core.evaluate
+    import ui.common
+
+    computed = []
+    evaluate_image = cam_core.evaluate.evaluate_image
+
+    def counting(explainer, sample, *args, **kwargs):
+        computed.append(sample.id)
+        return evaluate_image(explainer, sample, *args, **kwargs)
+
+    monkeypatch.setattr(cam_core.evaluate, "evaluate_image", counting)
+    # The sidebar's Stop, as the page sees it, once the first image is done
+    monkeypatch.setattr(ui.common, "stop_all_requested", lambda: len(computed) >= 1)
+    _run(page15)
+    assert any(w.value.startswith("Stopped. The finished images are cached") for w in page15.warning)
+    assert computed == [computed[0]] and not page15.dataframe  # no summary of a partial run
+    files = sorted((tmp_path / "eval").glob("*.rows.jsonl"))
+    assert [len(f.read_text().splitlines()) for f in files] == [2, 2]  # a header and the first image's row
+    page15.run()
+    assert any("3 images · cached on disk: cam 1, gradcam 1" in c.value for c in page15.caption)
+
+    monkeypatch.setattr(ui.common, "stop_all_requested", lambda: False)
+    _run(page15)
+    assert len(computed) == 3 and len(set(computed)) == 3  # only the two images left were computed
+    resumed = page15.dataframe[0].value
+    assert resumed.loc["cam", "images"] == 3
+
+    monkeypatch.setenv("CAM_EXPLORER_EVAL_DIR", str(tmp_path / "eval2"))  # an uninterrupted run, from nothing
+    page15.run()
+    _run(page15)
+    assert len(computed) == 6
+    assert resumed.drop(columns="seconds_per_image").equals(page15.dataframe[0].value.drop(columns="seconds_per_image"))
+
+
+def test_two_checkpoints_of_one_file_name_do_not_share_cached_results(page, tmp_path, monkeypatch):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from cam_core import Explainer, load_backbone
+    from cam_core.evaluate import evaluate
+    from cam_core.voc import VOCDataset
+
+    for folder, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        model = timm.create_model("resnet18", num_classes=8)
+        (tmp_path / "ckpts" / folder).mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  str(tmp_path / "ckpts" / folder / "model.safetensors"))
+    monkeypatch.setenv("CAM_EXPLORER_IMAGE_DIRS", str(tmp_path / "ckpts"))
+    page.selectbox(key="backbone_choice").set_value("local checkpoint…").run()
+    page.text_input(key="ckpt_arch").set_value("resnet18").run()
+    page.text_input(key="ckpt_path").set_value("a/model.safetensors").run()
+    page.selectbox(key="ev_backbone").set_value("the sidebar's backbone").run()
+    _run(page)
+    first = page.dataframe[0].value
+    page.text_input(key="ckpt_path").set_value("b/model.safetensors").run()  # the same name, other weights
+    assert page.session_state["selection"].backbone.name == "resnet18@model.safetensors"
+    assert any("2 images · cached on disk: cam 0, gradcam 0" in c.value for c in page.caption)
+    _run(page)
+    second = page.dataframe[0].value
+    ds = VOCDataset(tmp_path / "testbed", "val")
+    direct = evaluate(ds, Explainer(load_backbone("resnet18", checkpoint=str(tmp_path / "ckpts" / "b" / "model.safetensors"))),
+                      ["cam", "gradcam"])
+    for s in direct:
+        for key in ("seed_mIoU", "fg_precision", "fg_recall", "energy_pointing_game", "pointing_game", "pxap"):
+            assert float(second.loc[s["method"], key]) == pytest.approx(s[key]), key
+    assert not first.drop(columns="seconds_per_image").equals(second.drop(columns="seconds_per_image"))

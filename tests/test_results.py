@@ -76,9 +76,10 @@ def test_per_class_from_constructed_rows():
 def test_the_cache_serves_a_second_run_and_keys_by_method_parameters_and_layer(testbed, explainer, tmp_path):
     ds = VOCDataset(testbed, "val")
     key = dataset_key(ds)
+    bb = explainer.backbone
 
     def run():
-        cache = ResultCache(tmp_path, key, "testbed-cnn", "features", ["cam", "gradcam"])
+        cache = ResultCache(tmp_path, key, bb, "features", ["cam", "gradcam"])
         rows: list = []
         summaries = evaluate(ds, explainer, ["cam", "gradcam"], rows_out=rows, store=cache, layer="features")
         return summaries, rows, cache
@@ -91,14 +92,14 @@ def test_the_cache_serves_a_second_run_and_keys_by_method_parameters_and_layer(t
     again, rows_again, _ = run()
     assert explainer.stats["maps"] == maps  # all from the disk
     assert json.dumps(again) == json.dumps(first) and json.dumps(rows_again) == json.dumps(rows)  # NaN == NaN
-    same = ResultCache(tmp_path, key, "testbed-cnn", "features", ["cam", "sipe"], {"sipe": {"bg_factor": 0.5}})
-    other = ResultCache(tmp_path, key, "testbed-cnn", "features", ["cam", "sipe"], {"sipe": {"bg_factor": 0.3}})
-    assert same.stores["sipe"].path == ResultCache(tmp_path, key, "testbed-cnn", "features", ["sipe"]).stores["sipe"].path
+    same = ResultCache(tmp_path, key, bb, "features", ["cam", "sipe"], {"sipe": {"bg_factor": 0.5}})
+    other = ResultCache(tmp_path, key, bb, "features", ["cam", "sipe"], {"sipe": {"bg_factor": 0.3}})
+    assert same.stores["sipe"].path == ResultCache(tmp_path, key, bb, "features", ["sipe"]).stores["sipe"].path
     assert other.stores["sipe"].path != same.stores["sipe"].path  # other parameters, other file
     assert other.stores["cam"].path == cache.stores["cam"].path
-    layer_cache = ResultCache(tmp_path, key, "testbed-cnn", "layer3", ["cam"])
+    layer_cache = ResultCache(tmp_path, key, bb, "layer3", ["cam"])
     assert layer_cache.cached_images() == {"cam": 0} and layer_cache.stores["cam"].path != cache.stores["cam"].path
-    assert ResultCache(tmp_path, dataset_key(VOCDataset(testbed, "train")), "testbed-cnn", "features", ["cam"]
+    assert ResultCache(tmp_path, dataset_key(VOCDataset(testbed, "train")), bb, "features", ["cam"]
                        ).cached_images() == {"cam": 0}
 
 
@@ -157,3 +158,24 @@ def test_faithfulness_only_on_a_folder_resumes_from_its_store(tmp_path):
     assert again[0]["deletion"] == summaries[0]["deletion"] and len(store.path.read_text().splitlines()) == lines
     with pytest.raises(ValueError, match="at least one faithfulness metric"):
         evaluate_faithfulness(folder, explainer, ["gradcam"], metrics=[])
+
+
+def test_the_cache_is_keyed_by_the_weights_not_only_the_name(testbed, tmp_path):
+    """Two checkpoints of one file name have one backbone name: their rows never mix."""
+    import torch
+
+    from cam_core.backbones.sources.testbed import TESTBED_DIR, load_testbed
+
+    ds = VOCDataset(testbed, "val")
+    key = dataset_key(ds)
+    a, same = load_testbed(TESTBED_DIR / "testbed-cnn"), load_testbed(TESTBED_DIR / "testbed-cnn")
+    b = load_testbed(TESTBED_DIR / "testbed-cnn")
+    with torch.no_grad():
+        next(b.model.parameters()).mul_(0.5)  # other weights under the same name
+    assert a.name == b.name
+    cache_a = ResultCache(tmp_path, key, a, "features", ["cam"])
+    evaluate(ds, Explainer(a), ["cam"], store=cache_a, layer="features")
+    assert cache_a.cached_images() == {"cam": len(ds)}
+    assert ResultCache(tmp_path, key, same, "features", ["cam"]).cached_images() == {"cam": len(ds)}
+    cache_b = ResultCache(tmp_path, key, b, "features", ["cam"])
+    assert cache_b.cached_images() == {"cam": 0} and cache_b.stores["cam"].path != cache_a.stores["cam"].path
