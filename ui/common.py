@@ -50,11 +50,12 @@ from cam_core.render import (
     to_image_map,
     with_colorbar,
 )
+from ui import preload
+from ui.preload import DEFAULT_BACKBONE
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "assets" / "samples"
 DEFAULT_SAMPLE = "cat.png"
-DEFAULT_BACKBONE = "efficientnet_lite0"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 HUB = "timm hub model (online)…"
 # What a computation may raise because of what the user chose: shown as a message in place.
@@ -86,6 +87,12 @@ def get_explainer(
     # cache_resource: one model per (backbone, device) shared by every browser session;
     # the Explainer serialises computations with its own lock.
     # Not warmed up here: the first page's tiles come first (warm_up_once, after they are shown).
+    # Started at server start by ui/serve.py (the README's scripts/app.sh): taken from there.
+    if (checkpoint, num_classes, class_names) == (None, None, None) and (pre := preload.take(name, device)):
+        try:
+            return pre.result()
+        except Exception:  # noqa: BLE001 - built again below, which raises the error for the page
+            pass
     backbone = load_backbone(name, device, checkpoint=checkpoint, num_classes=num_classes, class_names=class_names)
     return Explainer(backbone)
 
