@@ -32,6 +32,6 @@ PAGES = [
 page = st.navigation(PAGES)
 working = working_indicator()
 try:
-    run_page(page, sidebar())
+    run_page(page, sidebar(), working)
 finally:
-    working.empty()
+    working.done()

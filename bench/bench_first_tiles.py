@@ -2,8 +2,9 @@
 
     python bench/bench_first_tiles.py [--repeats 3] [--port 0] [--reuse]
 
-Each repeat starts the real app (`streamlit run app.py`, headless, on a free port; a fresh
-server unless --reuse), opens it in headless Chromium (Debian's chromium, driven by
+Each repeat starts the real app as scripts/app.sh does (`python -m ui.serve`: streamlit run
+app.py, with the first page's imports and backbone loading from process start; headless, on a
+free port; a fresh server unless --reuse), opens it in headless Chromium (Debian's chromium, driven by
 Playwright, as tests/test_browser.py does) and measures from page.goto() to:
   - first tile: the first tile image drawn ('[data-testid=stMain] [data-testid=stImage] img'
     beyond the input image), and
@@ -43,8 +44,10 @@ def free_port() -> int:
 def start_app(port: int) -> tuple[subprocess.Popen, float]:
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     t0 = time.perf_counter()
+    # As scripts/app.sh (the README's command) starts it: ui.serve, i.e. streamlit run app.py with
+    # the first page's imports and backbone loading from process start.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+        [sys.executable, "-m", "ui.serve", "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from cam_core import BankError, Cancelled, Explainer, LoadedImage, PrototypeBank, build_bank, folder_items
+from cam_core import BankError, Cancelled, Explainer, PrototypeBank, build_bank, folder_items
 from cam_core.featurespace import (
     BANK_BG,
     BANK_FG,
@@ -31,6 +31,7 @@ from cam_core.featurespace import (
     similarity_map,
     spread_labels,
 )
+from cam_core.engine import MAX_INPUT_SIDE, resolve_input_size
 from cam_core.images import ImageError, resolve_under
 from cam_core.methods import get_method
 from cam_core.prototypes import saved_banks
@@ -47,12 +48,17 @@ from cam_core.render import (
 )
 from ui.common import (
     USER_ERRORS,
+    Selection,
+    Working,
     allowed_image_dirs,
     bank_dir,
     drop_stale_choice,
     first_value,
+    fragment_working,
     page_selection,
+    page_working,
     param_input,
+    stop_all_requested,
 )
 
 HOW_TO_READ = """
@@ -208,11 +214,22 @@ def embedding_store() -> OrderedDict:
     return OrderedDict()
 
 
-def get_embedding(cloud: PointCloud, method: str, perplexity: float, slot) -> Embedding:
-    """The cached embedding of `cloud`; a t-SNE shows its progress in `slot` (an st.empty that
-    the page draws on every run, so that nothing else ever takes the bar's place)."""
+def get_embedding(cloud: PointCloud, method: str, perplexity: float, slot, stop: bool = False
+                  ) -> tuple[Embedding, tuple | None]:
+    """The cached embedding of `cloud`, and None; a t-SNE shows its progress in `slot` (an
+    st.empty that the page draws on every run, so that nothing else ever takes the bar's place).
+    stop: the user clicked Stop for this run. A t-SNE not made yet is then not started, and
+    stays stopped for this point set until its Run it (the key returned in place of None,
+    with the PCA that stands in for it): the click interrupted the t-SNE in progress, and any
+    later run would otherwise start it again."""
     store = embedding_store()
     key = (cloud.key, method, perplexity)
+    stopped = st.session_state.setdefault("fs_tsne_stopped", set())
+    if method == "tsne" and key not in store:
+        if stop:
+            stopped.add(key)
+        if key in stopped:
+            return get_embedding(cloud, "pca", perplexity, slot)[0], key
     if key not in store:
         progress = None
         if method == "tsne":
@@ -221,7 +238,7 @@ def get_embedding(cloud: PointCloud, method: str, perplexity: float, slot) -> Em
         store[key] = embed(cloud, method, perplexity, progress=progress)
         while len(store) > 16:
             store.popitem(last=False)
-    return store[key]
+    return store[key], None
 
 
 def timed(fn):
@@ -259,6 +276,7 @@ class Computed:
     """Everything the fragment draws, computed before any of it is sent."""
 
     display: np.ndarray
+    cam: object  # CamResult
     lp: object  # CamResult or None (then lp_err says why)
     lp_ms: float
     lp_err: str | None
@@ -270,6 +288,7 @@ class Computed:
     fwd: object
     cloud: PointCloud
     emb: Embedding
+    stopped: tuple | None  # a t-SNE stopped by the user (emb is a PCA then): its key in fs_tsne_stopped
     protos: PointCloud
     coords: np.ndarray
     kinds: list
@@ -283,18 +302,41 @@ class NoEmbedding(Exception):
 
 
 @st.fragment
-def tuning(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: PrototypeBank | None) -> None:
+def tuning(sel: Selection, preds: list, target: int, bank: PrototypeBank | None, working: Working | None) -> None:
+    """sel: the sidebar's selection of the full run (image, explainer, input size): every map and
+    the pixel cloud are computed at sel.input_size. working: app.py's running indicator, shown
+    during the fragment's own reruns too."""
     st.session_state["fs_fragment_runs"] = st.session_state.get("fs_fragment_runs", 0) + 1
-    controls = _controls(ex.backbone, bank)
-    try:
-        out = _compute(ex, image, preds, target, bank, controls)
-    except NoEmbedding as exc:
-        st.error(str(exc))
-        return
-    _render(ex, image, preds, target, controls, out)
+    with fragment_working(working):
+        fed = resolve_input_size(sel.input_size, sel.image.size, sel.backbone)
+        controls = _controls(sel.backbone, bank, fed)
+        try:
+            out = _compute(sel, preds, target, bank, controls)
+        except NoEmbedding as exc:
+            st.error(str(exc))
+            return
+        _render(sel, preds, target, controls, out)
 
 
-def _controls(bb, bank: PrototypeBank | None) -> Controls:
+# The pixel cloud's extra scale, relative to the input size. Offered while the copy's longer side
+# stays within MAX_CLOUD_SIDE: its forward pass grows with the square of the side (Lite0 at
+# 1792 px: ~1-2 s on 2 CPU cores), and the point cap subsamples the grid anyway.
+CLOUD_SCALES = (1.0, 2.0, 3.0, 4.0)
+MAX_CLOUD_SIDE = 2 * MAX_INPUT_SIDE
+
+
+def scaled_size(fed: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The size of the input resized by `scale`, as ForwardPass.features_at computes it."""
+    return max(1, round(fed[0] * scale)), max(1, round(fed[1] * scale))
+
+
+def cloud_scales(fed: tuple[int, int]) -> list[float]:
+    """The "Image at" scales offered for an input of size `fed`: 1x always."""
+    return [s for s in CLOUD_SCALES if s == 1.0 or max(scaled_size(fed, s)) <= MAX_CLOUD_SIDE]
+
+
+def _controls(bb, bank: PrototypeBank | None, fed: tuple[int, int]) -> Controls:
+    """fed: the (height, width) the image is fed to the model at (the sidebar's input size)."""
     # Defaults through first_value: see there (issue 9 item 13, Streamlit's "default value but also set" warning).
     threshold = st.slider("Display threshold (contour and box; 0 = off)", 0.0, 1.0, first_value("fs_threshold", 0.0),
                           0.05, key="fs_threshold")
@@ -326,12 +368,15 @@ def _controls(bb, bank: PrototypeBank | None) -> Controls:
                            disabled=method != "tsne")
     if bb.fixed_input_size:
         scale = 1.0
-        e2.caption(f"Image at 1× only: {bb.name} takes {bb.input_size[0]} px inputs.")
+        e2.caption(f"Image at 1× only: {bb.name} takes {fed[0]} × {fed[1]} px inputs.")
     else:
-        scale = e2.select_slider("Image at", [1.0, 2.0, 3.0, 4.0], first_value("fs_scale", 2.0), key="fs_scale",
-                                 format_func={s: f"{s:g}× ({int(bb.input_size[0] * s)} px)"
-                                              for s in (1.0, 2.0, 3.0, 4.0)}.__getitem__,
-                                 help="A larger copy of the image gives more pixel points (the feature grid grows).")
+        scales = cloud_scales(fed)
+        drop_stale_choice("fs_scale", scales)
+        names = {s: "{:g}× ({} × {} px)".format(s, *scaled_size(fed, s)) for s in scales}
+        scale = e2.select_slider("Image at", scales, first_value("fs_scale", 2.0 if 2.0 in scales else scales[-1]),
+                                 key="fs_scale", format_func=names.__getitem__,
+                                 help=f"Relative to the input size ({fed[0]} × {fed[1]} px, the sidebar's): a larger "
+                                      "copy of the image gives more pixel points (the feature grid grows).")
     cap = e2.number_input("Most pixel points", 100, 20000, first_value("fs_cap", 5000, "min"), 100, key="fs_cap")
     use_bank = e3.toggle("Bank pixels too", value=first_value("fs_use_bank", bank is not None, False), key="fs_use_bank",
                          disabled=bank is None)
@@ -341,26 +386,28 @@ def _controls(bb, bank: PrototypeBank | None) -> Controls:
                     threshold_caption, lp_out, sp_out, st.empty())
 
 
-def _compute(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: PrototypeBank | None,
-             c: Controls) -> Computed:
+def _compute(sel: Selection, preds: list, target: int, bank: PrototypeBank | None, c: Controls) -> Computed:
     """Every map, the point clouds and their embedding (all cached by the explainer or the
-    embedding store). Raises NoEmbedding when the embedding cannot be made."""
+    embedding store), at the sidebar's input size. Raises NoEmbedding when the embedding cannot
+    be made."""
+    ex, image, size_in = sel.explainer, sel.image, sel.input_size
     display, _ = downscale_for_display(image.rgb, 480)
     size = display.shape[:2]
     lp = sp = None
     lp_ms = sp_ms = 0.0
     lp_err = sp_err = None
     try:
-        lp, lp_ms = timed(lambda: ex.compute(image, "lpcam", target, params=c.lp_params, bank=bank))
+        lp, lp_ms = timed(lambda: ex.compute(image, "lpcam", target, params=c.lp_params, bank=bank,
+                                                input_size=size_in))
         if "selection" not in lp.extras:  # no pixel of the class to cluster: an empty map, its note says why
             lp, lp_err = None, lp.note
     except USER_ERRORS as exc:
         lp_err = str(exc)
     try:
-        sp, sp_ms = timed(lambda: ex.compute(image, "sipe", target, params=c.sp_params))
+        sp, sp_ms = timed(lambda: ex.compute(image, "sipe", target, params=c.sp_params, input_size=size_in))
     except USER_ERRORS as exc:
         sp_err = str(exc)
-    cam = ex.compute(image, "cam", target)
+    cam = ex.compute(image, "cam", target, input_size=size_in)
     t0 = time.perf_counter()
     tiles = {"CAM": render_tile(display, to_image_map(cam.map, size, "max"), 0.5, "jet", c.threshold)}
     if lp is not None:
@@ -368,22 +415,23 @@ def _compute(ex: Explainer, image: LoadedImage, preds: list, target: int, bank: 
     if sp is not None:
         tiles["IS-CAM"] = render_tile(display, to_image_map(sp.map, size, "max"), 0.5, "jet", c.threshold)
     render_ms = (time.perf_counter() - t0) * 1000
-    fwd = ex.forward(image)
+    fwd = ex.forward(image, input_size=size_in)
     cloud = base_cloud(fwd, [p.index for p in preds], c.scale, bank if c.use_bank else None, target,
                        c.lp_params["tau"], c.cap)
     try:
-        emb = get_embedding(cloud, c.method, c.perplexity, c.progress_slot)
-    except (Cancelled, ValueError) as exc:  # t-SNE stopped, or too few points for it
+        emb, stopped = get_embedding(cloud, c.method, c.perplexity, c.progress_slot, stop_all_requested())
+    except (Cancelled, ValueError) as exc:  # t-SNE cancelled, or too few points for it
         raise NoEmbedding(str(exc)) from exc
     protos = prototype_cloud(lp, sp, fwd)
     placed = emb.place(protos.vectors)
     coords = np.concatenate([emb.coords, placed]) if len(placed) else emb.coords
-    values, palette = _pixel_colours(ex, image, c.colour_by, cloud, lp, sp, target)
-    return Computed(display, lp, lp_ms, lp_err, sp, sp_ms, sp_err, tiles, render_ms, fwd, cloud, emb, protos,
-                    coords, cloud.kinds + protos.kinds, cloud.labels + protos.labels, values, palette)
+    values, palette = _pixel_colours(sel, c.colour_by, cloud, lp, sp, target)
+    return Computed(display, cam, lp, lp_ms, lp_err, sp, sp_ms, sp_err, tiles, render_ms, fwd, cloud, emb, stopped,
+                    protos, coords, cloud.kinds + protos.kinds, cloud.labels + protos.labels, values, palette)
 
 
-def _render(ex: Explainer, image: LoadedImage, preds: list, target: int, c: Controls, out: Computed) -> None:
+def _render(sel: Selection, preds: list, target: int, c: Controls, out: Computed) -> None:
+    ex, image = sel.explainer, sel.image
     c.threshold_caption.caption(f"Threshold: drawing the tiles took {out.render_ms:.1f} ms")
     c.progress_slot.empty()
     with c.lp_out:
@@ -392,14 +440,20 @@ def _render(ex: Explainer, image: LoadedImage, preds: list, target: int, c: Cont
         _sipe_panel(ex.backbone, out)
     fig = _figure(out.coords, out.kinds, out.labels, out.cloud, out.values, out.palette, c.colour_by, image.size)
     # A short title: the plot column is ~600 px wide at a 1280 px window; the rest goes in a caption.
-    fig.update_layout(title_y=0.97, title=f"{c.method.upper()} of {len(out.cloud)} points + {len(out.protos)} "
-                      "prototypes")
+    fig.update_layout(title_y=0.97, title=f"{out.emb.method.upper()} of {len(out.cloud)} points + "
+                      f"{len(out.protos)} prototypes")
     plot_col, view_col = st.columns([3, 2])
     with plot_col:
+        if out.stopped is not None:
+            st.warning("t-SNE stopped: the plot shows PCA until you click Run it.")
+            st.button("Run it", key="fs_tsne_resume", on_click=st.session_state["fs_tsne_stopped"].discard,
+                      args=(out.stopped,))
         event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="fs_plot",
                                 width="stretch")
-        st.caption(f"{c.method.upper()} of the pixels and centres computed in {out.emb.seconds:.1f} s (cached); "
-                   f"the {len(out.protos)} prototypes placed into it.")
+        fed = scaled_size(tuple(out.fwd.input.shape[-2:]), c.scale)
+        st.caption(f"{out.emb.method.upper()} of the pixels and centres computed in {out.emb.seconds:.1f} s (cached); "
+                   f"the {len(out.protos)} prototypes placed into it. Pixels: the {out.cloud.grid[0]} × "
+                   f"{out.cloud.grid[1]} feature grid of the image at {c.scale:g}× the input ({fed[0]} × {fed[1]} px).")
         if c.colour_by == KMEANS and out.palette is not None:
             st.caption(KMEANS_LEGEND)
     with view_col:
@@ -416,11 +470,11 @@ def _lpcam_panel(out: Computed) -> None:
     lp = out.lp
     sel_ = lp.extras["selection"]
     st.caption(f"LPCAM: {lp.ms:.0f} ms to compute (K-means of it: {sel_.kmeans_ms:.0f} ms, only "
-               f"when K or tau change); this run {out.lp_ms:.0f} ms · {sel_.n_fg} foreground / {sel_.n_bg} "
-               f"context pixels · {lp.note}")
+               f"when K or tau change); this run {out.lp_ms:.0f} ms · {size_note(lp)} · {sel_.n_fg} foreground / "
+               f"{sel_.n_bg} context pixels · {lp.note}")
     c1, c2 = st.columns(2)
-    c1.image(out.tiles["CAM"], caption="CAM", width="stretch")
-    c2.image(out.tiles["LPCAM"], caption="LPCAM", width="stretch")
+    c1.image(out.tiles["CAM"], caption=f"CAM · {size_note(out.cam)}", width="stretch")
+    c2.image(out.tiles["LPCAM"], caption=f"LPCAM · {size_note(lp)}", width="stretch")
     with st.expander("Clusters and what the classifier says of them"):
         st.dataframe(_cluster_rows(sel_), hide_index=True, width="stretch")
 
@@ -434,12 +488,18 @@ def _sipe_panel(bb, out: Computed) -> None:
     seeds = sp.extras["seeds"].cpu().numpy()
     names = _seed_names(bb, sp)
     share = ", ".join(f"{n}: {(seeds == j).mean():.0%}" for j, n in enumerate(names))
-    st.caption(f"SIPE: {sp.ms:.0f} ms to compute; this run {out.sp_ms:.0f} ms · seeds {share}")
+    st.caption(f"SIPE: {sp.ms:.0f} ms to compute; this run {out.sp_ms:.0f} ms · {size_note(sp)} · seeds {share}")
     c1, c2 = st.columns(2)
     c1.image(label_overlay(out.display, resize_nearest(seeds, size)), width="stretch",
              caption="seeds (tinted: the image's classes; clear: background)")
     c1.html(_legend_html(names[1:], _seed_colours(len(names))[1:]))
-    c2.image(out.tiles["IS-CAM"], caption="IS-CAM", width="stretch")
+    c2.image(out.tiles["IS-CAM"], caption=f"IS-CAM · {size_note(sp)}", width="stretch")
+
+
+def size_note(res) -> str:
+    """What a map was computed from, as the Compare page's tiles say it: the size the image was
+    fed to the model at, and the feature grid the method read."""
+    return f"input {res.input_size[0]} × {res.input_size[1]} · grid {res.grid[0]} × {res.grid[1]}"
 
 
 def _legend_html(names: list[str], colours: list[str]) -> str:
@@ -610,10 +670,11 @@ def _seed_colours(n: int) -> list[str]:
     return ["#9e9e9e"] + [hex_colour(LABEL_COLOURS[min(j, len(LABEL_COLOURS) - 1)]) for j in range(1, n)]
 
 
-def _pixel_colours(ex: Explainer, image: LoadedImage, colour_by: str, cloud: PointCloud, lp, sp, target: int):
+def _pixel_colours(sel: Selection, colour_by: str, cloud: PointCloud, lp, sp, target: int):
     """One value per pixel point, and the palette: map values in [0, 1] (palette None), or
-    category names with the palette {category: colour} in legend order."""
-    bb = ex.backbone
+    category names with the palette {category: colour} in legend order. Maps at the sidebar's
+    input size."""
+    bb = sel.backbone
     grid = cloud.grid
     idx = cloud.indices(PIXEL)
     rr, cc = cloud.rows[idx], cloud.cols[idx]
@@ -636,7 +697,8 @@ def _pixel_colours(ex: Explainer, image: LoadedImage, colour_by: str, cloud: Poi
         nearest = (cloud.vectors[idx] @ c.T).argmax(dim=1).tolist()
         return [names[j] for j in nearest], palette
     source = {"CAM": "cam", "LPCAM": "lpcam", "Grad-CAM": "gradcam", "SIPE IS-CAM": "sipe"}.get(colour_by, "cam")
-    res = {"lpcam": lp, "sipe": sp}.get(source) or ex.compute(image, source, target)
+    res = {"lpcam": lp, "sipe": sp}.get(source) or sel.explainer.compute(sel.image, source, target,
+                                                                          input_size=sel.input_size)
     m = to_image_map(res.map, grid, "max")
     return [round(float(v), 3) for v in m[rr, cc]], None
 
@@ -654,7 +716,7 @@ def main() -> None:
         st.info(f"{reason}. This page places pixel features around the classifier's class centres; the Compare "
                 "page offers the methods that apply to this backbone.")
         st.stop()
-    preds = ex.predict(image, 5)
+    preds = ex.predict(image, 5, input_size=sel.input_size)
     drop_stale_choice("fs_target", [p.index for p in preds])
     # format_funcs: a dict's __getitem__, not lambdas of this script (see pages/compare.py: Streamlit keeps every
     # widget's format_func, and a lambda here would keep this run's image and forward pass alive).
@@ -667,7 +729,7 @@ def main() -> None:
         if bank is not None:
             st.caption(f"LPCAM's bank: {bank.describe(bb.short_name)}")
     st.session_state["lpcam_bank"] = bank  # the Compare page's LPCAM uses it too
-    tuning(ex, image, preds, target, bank)
+    tuning(sel, preds, target, bank, page_working())
 
 
 main()

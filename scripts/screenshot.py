@@ -1,6 +1,8 @@
 """Screenshot of the Compare page for the README: serves the app, opens it in headless Chromium.
 
     .venv/bin/python scripts/screenshot.py [--out assets/screenshots/compare.png]
+    .venv/bin/python scripts/screenshot.py --page feature_space --height 2500 \
+        --wait-for "Clusters and what the classifier says of them" --out assets/screenshots/feature_space.png
 """
 
 import argparse
@@ -28,7 +30,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "ui.serve", "--server.port", str(port),
                                "--server.headless", "true"], cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
@@ -45,6 +47,9 @@ def main() -> None:
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
             page.goto(f"http://127.0.0.1:{port}/{args.page}")
             page.get_by_text(args.wait_for, exact=True).first.wait_for(timeout=180_000)
+            # the run has ended: the sidebar's running indicator is gone
+            page.locator("[data-testid='stSidebar']").get_by_text("Working…").first.wait_for(state="detached",
+                                                                                            timeout=180_000)
             page.wait_for_timeout(4000)
             page.screenshot(path=args.out)
             browser.close()

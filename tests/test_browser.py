@@ -32,7 +32,7 @@ def _free_port() -> int:
 def served_app():
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+        [sys.executable, "-m", "ui.serve", "--server.headless", "true",  # as scripts/app.sh serves it
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -173,12 +173,15 @@ def test_a_running_indicator_during_every_run_and_a_global_stop(served_app, brow
     methods = main.locator("[data-testid='stMultiSelect'] input").first
     methods.click()
     methods.fill("Score-CAM (slow)")
-    page.keyboard.press("Enter")
+    # The option itself: Enter would take the first entry, "Select 2 matches", and add Score-CAM
+    # (top-N channels, slow) too (two slow methods stopped, two "Stopped.": what the old loose
+    # count here allowed for).
+    page.get_by_role("option", name="Score-CAM (slow)", exact=True).click()
     page.keyboard.press("Escape")
     sidebar.get_by_text("Working…").wait_for(state="visible", timeout=60_000)
     sidebar.get_by_role("button", name=re.compile("Stop")).click()
-    main.get_by_text("Stopped.").first.wait_for(timeout=120_000)
-    expect(main.get_by_role("button", name="Run it")).to_have_count(main.get_by_text("Stopped.").count())
+    expect(main.get_by_text("Stopped.")).to_have_count(1, timeout=120_000)  # one stopped slow method, one message
+    expect(main.get_by_role("button", name="Run it")).to_have_count(1)
     expect(main.get_by_text(re.compile(r" ms · grid "))).to_have_count(5)  # the fast tiles only
     expect(sidebar.get_by_text("Working…")).to_have_count(0, timeout=60_000)
 
@@ -306,4 +309,53 @@ def test_stopping_score_faithfulness_by_its_button_leaves_no_curve(served_app, b
     main.get_by_text(re.compile("Stopped: the curves of .* were not finished")).wait_for(timeout=120_000)
     expect(main.get_by_text(re.compile(r"\(AUC \d"))).to_have_count(0)
     expect(main.get_by_role("button", name="Score faithfulness")).to_be_enabled()
+    page.close()
+
+
+def test_fragment_reruns_show_the_running_indicator_and_its_stop_stops_tsne(served_app, browser):
+    """Issue 9 item 5 for the Feature space page's fragment: its controls rerun only the
+    fragment, which does not run app.py's indicator. A t-SNE there takes seconds: "Working…"
+    shows in the sidebar while the fragment reruns, and its Stop stops the t-SNE (PCA stands
+    in, with a Run it). A widget of the fragment could not interrupt the fragment's run
+    (Streamlit queues its rerun after it): the Stop is a full rerun."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(served_app + "/feature_space")
+    sidebar = page.locator("[data-testid='stSidebar']")
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_text("Diagnostics").wait_for(timeout=180_000)
+    main.get_by_text("Diagnostics").click()
+    expect(sidebar.get_by_text("Working…")).to_have_count(0, timeout=120_000)
+    # More pixel points, so that the t-SNE takes seconds: the pixel cloud at 4x the input.
+    scale = page.locator("input[aria-label='Image at']")
+    for _ in range(2):
+        _, runs = _runs(page)
+        scale.focus()
+        page.keyboard.press("ArrowRight")
+        _wait_for_fragment_run(page, runs)
+    assert "4×" in page.locator("input[aria-label='Image at']").get_attribute("aria-valuetext")
+    # Every appearance of the indicator is recorded, however short.
+    page.evaluate("""() => {
+        window.sawWorking = 0;
+        const side = document.querySelector("[data-testid='stSidebar']");
+        new MutationObserver(() => { if (side.innerText.includes("Working…")) window.sawWorking++; })
+            .observe(side, {childList: true, subtree: true, characterData: true});
+    }""")
+    page_runs, runs = _runs(page)
+    main.get_by_text("t-SNE", exact=True).click()
+    sidebar.get_by_text("Working…").wait_for(state="visible", timeout=60_000)
+    sidebar.get_by_role("button", name=re.compile("Stop")).click()
+    expect(main.get_by_text("t-SNE stopped: the plot shows PCA until you click Run it.")).to_have_count(
+        1, timeout=120_000)
+    expect(main.get_by_role("button", name="Run it")).to_have_count(1)
+    expect(sidebar.get_by_text("Working…")).to_have_count(0, timeout=60_000)
+    assert page.evaluate("window.sawWorking") > 0
+    assert _runs(page)[0] == page_runs + 1  # the t-SNE's fragment run, then the Stop's full run
+    # Run it: the t-SNE runs, with the indicator up, and the warning goes.
+    main.get_by_role("button", name="Run it").click()
+    expect(page.get_by_text(re.compile(r"^TSNE of the pixels and centres computed in"))).to_have_count(
+        1, timeout=240_000)
+    expect(main.get_by_text("t-SNE stopped")).to_have_count(0)
+    expect(sidebar.get_by_text("Working…")).to_have_count(0, timeout=60_000)
     page.close()

@@ -253,3 +253,36 @@ def test_how_to_read_this_page_is_one_click_away(page):
     for words in ("classifier's weight rows", "class prototypes", "context prototypes", "SIPE seeds",
                   "t-SNE keeps neighbourhoods", "mean nothing"):
         assert words in text, words
+
+
+def test_the_sidebars_input_size_reaches_every_map_and_the_pixel_cloud():
+    """Issue 9: the page computed LPCAM, SIPE, CAM and the pixel cloud at the model's default
+    input whatever the sidebar's "Input size" said. At 2x, EfficientNet-Lite0 is fed 448 px
+    (its stride-32 head grid 14 x 14), and the page's own "Image at" scale is relative to that."""
+    from cam_core.methods import get_method
+
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    at.selectbox(key="input_size").set_value("2x").run()
+    at.switch_page("pages/feature_space.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    # The explainer has the page's maps at 448 px cached: computing them again makes no new map.
+    sel = at.session_state["selection"]
+    target = at.selectbox(key="fs_target").value
+    before = _stats(at)
+    cam = sel.explainer.compute(sel.image, "cam", target, input_size="2x")
+    sipe = sel.explainer.compute(sel.image, "sipe", target, input_size="2x",
+                                 params={p.name: at.session_state[f"fs_sipe_{p.name}"] for p in get_method("sipe").params})
+    assert cam.input_size == sipe.input_size == (448, 448) and cam.grid == (14, 14)
+    assert _stats(at) == before
+    # ... and the page says so, as the Compare page's tiles do.
+    for start in ("LPCAM: ", "SIPE: "):
+        (caption,) = _captions(at, start)
+        assert "input 448 × 448 · grid " in caption, caption
+    assert _image_captions(at, "CAM · input 448 × 448 · grid 14 × 14")
+    assert _image_captions(at, "LPCAM · input 448 × 448 · grid 14 × 14")
+    # "Image at" 2x (the default) is 2x of the 448 px input: a 28 x 28 grid of pixel points.
+    scale = at.select_slider(key="fs_scale")
+    assert scale.value == 2.0 and "2× (896 × 896 px)" in scale.options
+    assert any("28 × 28 feature grid of the image at 2× the input (896 × 896 px)" in c.value for c in at.caption)

@@ -14,6 +14,7 @@ import runpy
 import threading
 import weakref
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +50,12 @@ from cam_core.render import (
     to_image_map,
     with_colorbar,
 )
+from ui import preload
+from ui.preload import DEFAULT_BACKBONE
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "assets" / "samples"
 DEFAULT_SAMPLE = "cat.png"
-DEFAULT_BACKBONE = "efficientnet_lite0"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 HUB = "timm hub model (online)…"
 # What a computation may raise because of what the user chose: shown as a message in place.
@@ -85,6 +87,12 @@ def get_explainer(
     # cache_resource: one model per (backbone, device) shared by every browser session;
     # the Explainer serialises computations with its own lock.
     # Not warmed up here: the first page's tiles come first (warm_up_once, after they are shown).
+    # Started at server start by ui/serve.py (the README's scripts/app.sh): taken from there.
+    if (checkpoint, num_classes, class_names) == (None, None, None) and (pre := preload.take(name, device)):
+        try:
+            return pre.result()
+        except Exception:  # noqa: BLE001 - built again below, which raises the error for the page
+            pass
     backbone = load_backbone(name, device, checkpoint=checkpoint, num_classes=num_classes, class_names=class_names)
     return Explainer(backbone)
 
@@ -441,16 +449,23 @@ def sidebar() -> Selection:
     return selection
 
 
-_RUN = threading.local()  # the Selection of the run in progress on this script thread
+_RUN = threading.local()  # the Selection and Working of the full run in progress on this script thread
 
 
-def run_page(page, selection: Selection) -> None:
-    """app.py: run the page st.navigation chose, with this run's sidebar selection."""
-    _RUN.selection = selection
+def run_page(page, selection: Selection, working: Working | None = None) -> None:
+    """app.py: run the page st.navigation chose, with this run's sidebar selection and running
+    indicator."""
+    _RUN.selection, _RUN.working = selection, working
     try:
         page.run()
     finally:
-        _RUN.selection = None
+        _RUN.selection = _RUN.working = None
+
+
+def page_working() -> Working | None:
+    """The running indicator app.py drew in this run: a page hands it to its fragments
+    (fragment_working)."""
+    return getattr(_RUN, "working", None)
 
 
 def page_selection() -> Selection:
@@ -526,22 +541,71 @@ def shown_width(arr: np.ndarray) -> int | str:
     return "stretch" if h <= w else max(16, round(MAX_SHOWN_HEIGHT * w / h))
 
 
-def working_indicator():
-    """Shown at the top of the sidebar while a run is in progress (app.py empties it when the
-    run ends): the toolbar setting hides Streamlit's own running indicator. Its Stop button
-    interrupts the run (any click does) and stops the slow methods of the next one
+@dataclass
+class Working:
+    """The running indicator at the top of the sidebar: "Working…" and a Stop button while a
+    run is in progress (the toolbar setting hides Streamlit's own). `box` holds it during full
+    runs (app.py empties it when the run ends). A fragment's own reruns do not run app.py and
+    cannot be interrupted by a widget of the fragment (Streamlit queues such a rerun after the
+    one in progress), so their Stop is drawn by the full run, hidden, in a row whose `slot`
+    the fragment fills while it reruns (fragment_working): the click is then a full rerun,
+    which interrupts the fragment's at its next element."""
+
+    box: object
+    slot: object
+
+    def done(self) -> None:
+        self.box.empty()
+
+
+STOP_KEYS = ("stop_all", "stop_fragment")  # the Stop of a full run, of a fragment rerun
+FRAGMENT_ROW = "fragment_working"  # the key of the fragment's row, and so its CSS class st-key-...
+WORKING = ":material/progress_activity: **Working…**"
+STOP_HELP = "Stop what the page is computing: slow work stays stopped until you click its Run it."
+
+
+def working_indicator() -> Working:
+    """app.py, first thing in every run: the running indicator, shown. Its Stop button
+    interrupts the run (any click does) and stops the slow work of the next one
     (stop_all_requested)."""
     box = st.sidebar.empty()
     with box.container(horizontal=True, vertical_alignment="center"):
-        st.markdown(":material/progress_activity: **Working…**")
-        st.button("Stop", key="stop_all", icon=":material/stop_circle:",
-                  help="Stop what the page is computing: slow methods stay stopped until you click their Run it.")
-    return box
+        st.markdown(WORKING)
+        st.button("Stop", key="stop_all", icon=":material/stop_circle:", help=STOP_HELP)
+    row = st.sidebar.container(key=FRAGMENT_ROW, horizontal=True, vertical_alignment="center")
+    row.markdown(f"<style>.st-key-{FRAGMENT_ROW} {{display: none}}</style>", unsafe_allow_html=True)  # first: never seen
+    slot = row.empty()
+    row.button("Stop", key="stop_fragment", icon=":material/stop_circle:", help=STOP_HELP)
+    return Working(box, slot)
+
+
+@contextmanager
+def fragment_working(working: Working | None):
+    """Around an st.fragment's body: during the fragment's own reruns (a slider inside it; a
+    t-SNE can take seconds), the running indicator and its Stop in the sidebar, until the body
+    ends. On a full run app.py's indicator is up already; the fragment still writes its slot
+    (empty), since Streamlit lets a fragment rerun write to a container made outside it only
+    where the fragment wrote during the last full run."""
+    if working is None:  # not under app.py (a page function called on its own)
+        yield
+        return
+    if getattr(_RUN, "selection", None) is not None:  # a full run (run_page in progress on this thread)
+        working.slot.empty()
+        yield
+        return
+    with working.slot.container():
+        st.markdown(WORKING)
+        st.markdown(f"<style>.st-key-{FRAGMENT_ROW} {{display: flex !important}}</style>", unsafe_allow_html=True)
+    try:
+        yield
+    finally:
+        working.slot.empty()
 
 
 def stop_all_requested() -> bool:
-    """The Stop of the running indicator was clicked: this run starts no slow method."""
-    return bool(st.session_state.get("stop_all"))
+    """The Stop of the running indicator was clicked (a full run's, or a fragment rerun's: both
+    make a full rerun): this run starts no slow work."""
+    return any(bool(st.session_state.get(key)) for key in STOP_KEYS)
 
 
 def explain_class(index: int) -> None:
