@@ -90,8 +90,9 @@ def score_line(ex, image, res, gt: GroundTruth | None, layer: str) -> None:
     """One caption under a tile: with a ground truth, energy inside it, pointing game and the
     best IoU (at the image's resolution, as the CLI); always, the cheap faithfulness numbers:
     the drop in the class's probability when the input is multiplied by the map (one forward,
-    Average Drop's term) and whether it rose (Increase in Confidence's)."""
-    fwd = ex.forward(image, layer)
+    Average Drop's term) and whether it rose (Increase in Confidence's). At the tile's own
+    input size: the forward pass its map came from."""
+    fwd = ex.forward(image, layer, res.input_size)
     target = int(fwd.probs.argmax()) if res.target is None else res.target  # class-agnostic: for the top-1
     parts = []
     if gt is not None:
@@ -108,7 +109,7 @@ def score_line(ex, image, res, gt: GroundTruth | None, layer: str) -> None:
 
 
 def _curve_key(image, ex, layer, t, res) -> tuple:
-    return (image.sha256, ex.backbone.name, layer, res.method, t, res.params)
+    return (image.sha256, ex.backbone.name, layer, res.input_size, res.method, t, res.params)
 
 
 FAITH_STOPPED = ("Stopped: the curves of {what} were not finished and are not shown; Score faithfulness scores "
@@ -140,11 +141,11 @@ def faithfulness(ex, image, results: dict, specs: dict, layer: str, cancel=None)
         stop.button("Stop", key="faith_stop", on_click=st.session_state.update,
                     args=({"faith_active": None, "faith_stopped": image.sha256},))
         bar = st.progress(0.0)
-        fwd = ex.forward(image, layer)
         try:
             for n, k in enumerate(missing):
                 t, m = k
                 res = results[k]
+                fwd = ex.forward(image, layer, res.input_size)  # the pass the tile's map came from
                 st.session_state["faith_scoring"] = labels[m]
 
                 def progress(done, total, game, n=n, label=labels[m]):

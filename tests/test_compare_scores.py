@@ -206,3 +206,27 @@ def test_the_agreement_matrix_follows_the_class_picked_in_top_k(app, lite0, cat)
     r, iou = shown()
     assert np.allclose(r, expected(second).pearson, atol=1e-6) and np.allclose(iou, expected(second).iou, atol=1e-6)
     assert not np.allclose(r, expected(first).pearson, atol=1e-3)  # another class, another matrix
+
+
+def test_the_score_line_is_scored_at_the_tiles_input_size(app):
+    """At input size 2x the tile's map comes from the 448 px forward pass: its "drop" is
+    measured on that pass's input, not on the model's default 224 px one (the map's 14 x 14
+    grid stretched over a 224 input would score another picture)."""
+    from cam_core.metrics import confidence_change
+
+    app.multiselect(key="methods").set_value(["cam"]).run()
+    app.selectbox(key="input_size").set_value("2x").run()
+    assert not app.exception and not app.error
+    (line,) = _score_lines(app)
+    ex = Explainer(load_backbone("efficientnet_lite0"))
+    cat = load_image(SAMPLES / "cat.png")
+
+    def drop(size):
+        fwd = ex.forward(cat, None, size)
+        target = int(fwd.probs.argmax())
+        res = ex.compute(cat, "cam", target, input_size=size)
+        return confidence_change(ex.backbone.model, fwd.input, res.map, target).drop
+
+    at_2x, at_1x = drop("2x"), drop(None)
+    assert f"{at_2x:.1%}" != f"{at_1x:.1%}"  # the test can tell the two apart
+    assert line.startswith(f"drop {at_2x:.1%}"), (line, at_2x, at_1x)
