@@ -63,3 +63,43 @@ def test_batch_model_is_built_once_and_drops_the_models_hooks():
     with torch.no_grad():
         first(torch.randn(1, 3, 16, 16))
     assert seen == []  # another caller's tap on the shared model never fires on the copy
+
+
+def test_timms_batchnorm_act_layers_are_folded_and_keep_their_activation():
+    """EfficientNet-Lite0's BatchNorms are timm BatchNormAct2d (normalise, drop, ReLU6): each one
+    after a convolution is folded away and its activation kept. (The logits check alone would
+    hide a wrong tail: the copy would be refused and the model used, with the same logits.)"""
+    import timm
+    from timm.layers import BatchNormAct2d
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=10).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # non-trivial statistics, so that folding changes the weights
+        for m in model.modules():
+            if isinstance(m, BatchNormAct2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    x = torch.randn(2, 3, 64, 64, generator=g)
+    bn_acts = sum(isinstance(m, BatchNormAct2d) for m in model.modules())
+    acts = sum(isinstance(m, nn.ReLU6) for m in model.modules())
+    folded = batch_model(model, x)
+    assert folded is not model
+    assert sum(isinstance(m, BatchNormAct2d) for m in folded.modules()) == 0 < bn_acts
+    assert sum(isinstance(m, nn.ReLU6) for m in folded.modules()) == acts
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_the_folded_copy_is_on_the_examples_device_and_frozen():
+    torch.manual_seed(0)
+    model = _trained_stats(ConvBN())
+    folded = batch_model(model, torch.randn(2, 3, 16, 16))
+    assert all(not p.requires_grad for p in folded.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # the shared model is untouched
+
+
+def test_a_model_in_training_mode_is_not_folded():
+    """Training-mode BatchNorm normalises by the batch's statistics: nothing to fold."""
+    torch.manual_seed(0)
+    model = _trained_stats(ConvBN()).train()
+    assert fold_batchnorm(model, torch.randn(2, 3, 16, 16)) is None
