@@ -13,16 +13,21 @@ APP = str(ROOT / "app.py")
 N_IMAGES = 10  # 2 in the val split
 
 
-@pytest.fixture
-def page(tmp_path, monkeypatch):
+def _evaluate_page(tmp_path, monkeypatch, n_images):
+    """The app on the Evaluate page, its testbed (n_images) and caches under tmp_path."""
     monkeypatch.setenv("CAM_EXPLORER_TESTBED_DIR", str(tmp_path / "testbed"))
-    monkeypatch.setenv("CAM_EXPLORER_TESTBED_N", str(N_IMAGES))
+    monkeypatch.setenv("CAM_EXPLORER_TESTBED_N", str(n_images))
     monkeypatch.setenv("CAM_EXPLORER_EVAL_DIR", str(tmp_path / "eval"))
     at = AppTest.from_file(APP, default_timeout=240)
     at.run()
     at.switch_page("pages/evaluate.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+@pytest.fixture
+def page(tmp_path, monkeypatch):
+    return _evaluate_page(tmp_path, monkeypatch, N_IMAGES)
 
 
 def _run(at):
@@ -205,14 +210,7 @@ def test_lpcam_reads_the_clis_bank_and_gives_the_clis_row(page, tmp_path, capsys
 @pytest.fixture
 def page15(tmp_path, monkeypatch):
     """The page on a testbed of 15 images (3 in the val split)."""
-    monkeypatch.setenv("CAM_EXPLORER_TESTBED_DIR", str(tmp_path / "testbed"))
-    monkeypatch.setenv("CAM_EXPLORER_TESTBED_N", "15")
-    monkeypatch.setenv("CAM_EXPLORER_EVAL_DIR", str(tmp_path / "eval"))
-    at = AppTest.from_file(APP, default_timeout=240)
-    at.run()
-    at.switch_page("pages/evaluate.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return _evaluate_page(tmp_path, monkeypatch, 15)
 
 
 def test_a_stopped_run_keeps_its_images_and_the_next_run_resumes(page15, tmp_path, monkeypatch):
