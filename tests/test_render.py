@@ -301,3 +301,22 @@ def test_group_colours_never_share_a_colour(n_first, n_second):
     assert len(set(first)) == n_first and len(set(second)) == n_second  # distinct within a group
     assert not set(first) & set(second)  # and across
     assert all(len(c) == 7 and c.startswith("#") for c in first + second)
+
+
+def test_colour_bar_known_answer_and_its_end_labels():
+    """Every column is the colormap at its position (0 left, 1 right, evenly spaced), 10 rows of
+    colour over a 12-row white text line; from 200 px on, the ends say what 0 and 1 mean under
+    the normalisation, narrower bars say just "0" and "1"."""
+    from cam_core.render import colorbar
+
+    bar = colorbar("viridis", 201, "max")
+    assert bar.shape == (22, 201, 3) and bar.dtype == np.uint8
+    expected = colorize(np.linspace(0.0, 1.0, 201, dtype=np.float32)[None], "viridis")[0]
+    assert (bar[:10] == expected[None]).all()
+    text = bar[10:]
+    assert (text[:, 100] == 255).all()  # white between the two labels
+    dark = lambda strip: int((strip < 128).any(axis=(0, 2)).sum())  # noqa: E731 - columns with ink
+    wide, narrow = colorbar("viridis", 200, "max")[10:], colorbar("viridis", 199, "max")[10:]
+    assert dark(wide[:, :100]) > 3 * dark(narrow[:, :100]) > 0  # "0 (or below)" against "0"
+    assert dark(wide[:, 100:]) > 3 * dark(narrow[:, 100:]) > 0  # "1 = the map's max" against "1"
+    assert dark(narrow[:, :100]) <= 8 and dark(narrow[:, 100:]) <= 8  # one character each
