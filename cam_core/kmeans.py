@@ -63,11 +63,11 @@ def _means(raw: torch.Tensor, labels: torch.Tensor, dist: torch.Tensor, k: int) 
     counts = torch.bincount(labels, minlength=k)
     if (counts == 0).any():
         labels = labels.clone()
-        worst = dist.gather(1, labels[:, None])[:, 0].clone()
+        worst = dist.gather(1, labels[:, None])[:, 0]
         for j in (counts == 0).nonzero()[:, 0].tolist():
+            # A moved point is alone in its new cluster, so this mask also keeps it from moving twice.
             movable = torch.where(counts[labels] > 1, worst, torch.full_like(worst, -1.0))
             p = int(movable.argmax())
-            worst[p] = -1.0
             counts[labels[p]] -= 1
             counts[j] += 1
             labels[p] = j
