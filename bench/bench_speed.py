@@ -1,6 +1,6 @@
 """Speed of cam_core against pytorch-grad-cam and torchcam, in one process, same image, same model.
 
-    python bench/bench_speed.py [--image assets/samples/cat.png] [--repeats 10] [--skip-scorecam]
+    python bench/bench_speed.py [--image assets/samples/cat.png] [--repeats 10] [--skip-scorecam] [--device cuda]
 
 Every library gets the same EfficientNet-Lite0 (ImageNet weights, channels-last, 224 px), the
 same decoded image and the same class. Each timing is the median of --repeats runs after a
@@ -35,12 +35,19 @@ from cam_core.render import normalize  # noqa: E402
 GRADIENT = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam"]
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # a GPU timing ends when the kernels do, not when they are queued
+
+
 def median_ms(fn, repeats: int) -> float:
     fn()  # warm-up
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
 
@@ -56,6 +63,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-scorecam", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: every library runs there")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -63,7 +71,7 @@ def main() -> None:
     import torchcam.methods as tcm
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    backbone = load_backbone("efficientnet_lite0")
+    backbone = load_backbone("efficientnet_lite0", args.device)
     image = load_image(args.image)
     ex = Explainer(backbone)
     ex.warm_up()
@@ -129,8 +137,10 @@ def main() -> None:
     four_ours = median_ms(ours(four_tc_names), args.repeats)
     four_tc = sum(r[3] for r in rows if r[0] in four_tc_names)
 
+    where = (torch.cuda.get_device_name(backbone.device) if backbone.device.type == "cuda"
+             else f"{torch.get_num_threads()} threads")
     print(f"EfficientNet-Lite0, {image.name}, class {target} ({backbone.class_name(target)}), "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+          f"{where}, median of {args.repeats}")
     print(f"one forward pass: {fwd_ms:.1f} ms = preprocessing {pre_ms:.1f} ms + model(x) under inference_mode, "
           f"channels-last as cam_core runs it ({fwd_plain_ms:.1f} ms in timm's default layout)")
     print(f"{'method':12s} {'cam_core':>10s} {'grad-cam':>10s} {'torchcam':>10s}   (ms, from the decoded image)")
@@ -158,8 +168,10 @@ def main() -> None:
             extractor(target, peer_model(x))
 
     def timed(fn):
+        sync()
         t0 = time.perf_counter()
         out = fn()
+        sync()
         return out, time.perf_counter() - t0
 
     for warm in (ours_scorecam, lambda: cam(input_tensor=x, targets=[ClassifierOutputTarget(target)]), tc_scorecam):
@@ -170,7 +182,7 @@ def main() -> None:
     extractor.remove_hooks()
     # The paper's definition, one channel at a time, as the reference for faithfulness.
     acts = ex.forward(image).activations
-    ref = torch.zeros(x.shape[-2:])
+    ref = torch.zeros(x.shape[-2:], device=x.device)
     kept = 0
     with torch.inference_mode():
         for k in range(acts.shape[0]):
@@ -181,7 +193,7 @@ def main() -> None:
             kept += 1
             mask = (up - up.min()) / (up.max() - up.min())
             ref += model(x * mask).softmax(-1)[0, target] * up
-    r = pearson(normalize(ours_sc), normalize(torch.relu(ref)))
+    r = pearson(normalize(ours_sc.cpu()), normalize(torch.relu(ref).cpu()))
     print(f"Score-CAM ({kept} of {acts.shape[0]} channels vary): cam_core {t_ours:.1f} s, pytorch-grad-cam "
           f"{t_pgc:.1f} s, torchcam {t_tc:.1f} s; cam_core / pytorch-grad-cam = {t_ours / t_pgc:.2f} (target <= 0.4); "
           f"Pearson r vs the paper's one-channel loop = {r:.5f} (target >= 0.99)")

@@ -44,12 +44,12 @@ LOC_KEYS = ["seed_mIoU", "top1_loc", "gt_known_loc", "maxboxacc_v2", "recall_bod
             "fg_recall"]
 
 
-def classification(model, root: str, split: str, size: int, groups: dict[str, list[int]]) -> dict:
+def classification(model, root: str, split: str, size: int, groups: dict[str, list[int]], device="cpu") -> dict:
     x, y, _ = load_split(root, split, size)
     model.eval()
     with torch.inference_mode():
-        scores = torch.cat([model(x[i:i + 64]) for i in range(0, len(x), 64)]).sigmoid()
-    whole = evaluate_classifier(model, x, y)
+        scores = torch.cat([model(x[i:i + 64].to(device)) for i in range(0, len(x), 64)]).sigmoid().cpu()
+    whole = evaluate_classifier(model, x, y, device=device)
     out = {"images": len(x), "mAP": round(whole["mAP"], 4)}
     pred, truth = (scores > 0.5).numpy(), (y > 0.5).numpy()
     for g, classes in groups.items():
@@ -93,14 +93,15 @@ def main() -> None:
     ap.add_argument("--methods", default="cam")
     ap.add_argument("--limit", type=int, default=None, help="the first N val images of each subset")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     t0 = time.perf_counter()
     if Path(args.backbone + ".safetensors").is_file():
         from cam_core.backbones.sources.testbed import load_testbed
 
-        bb = load_testbed(args.backbone)
+        bb = load_testbed(args.backbone).to(args.device)
     else:
-        bb = load_backbone(args.backbone)
+        bb = load_backbone(args.backbone, args.device)
     meta = json.loads((Path(args.data) / "testbed.json").read_text())
     if meta.get("version") != 2:
         sys.exit(f"{args.data} is not a version-2 testbed")
@@ -111,16 +112,23 @@ def main() -> None:
     size = bb.input_size[0]
     report = {"data": args.data, "backbone": args.backbone, "groups": {g: [names[c] for c in cl]
                                                                        for g, cl in groups.items()}}
-    report["classification"] = {s: classification(bb.model, args.data, s, size, groups) for s in ("val", "heldout")}
+    report["classification"] = {s: classification(bb.model, args.data, s, size, groups, bb.device)
+                                for s in ("val", "heldout")}
     ex = Explainer(bb)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bank = None
+    if "lpcam" in methods:  # the paper's bank: this data's train split (as `cam_core evaluate --bank-from train`)
+        from cam_core.banks import split_bank
+
+        bank = ex.dataset_bank(split_bank(args.data, "train")).bank
+        report["lpcam_bank"] = bank.describe()
     val = VOCDataset(args.data, "val")
     has_water = {s.id: any(c in water for c in s.labels) for s in val}
     parts = {"images with a water class": subset(val, lambda i: has_water[i]),
              "images without": subset(val, lambda i: not has_water[i]), "all val": val}
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     report["localisation"] = {}
     for part, ds in parts.items():
-        totals = evaluate(ds, ex, methods, limit=args.limit)
+        totals = evaluate(ds, ex, methods, limit=args.limit, bank=bank)
         report["localisation"][part] = {t["method"]: {k: t.get(k) for k in LOC_KEYS} | {"images": t.get("images")}
                                         for t in totals}
     report["energy_on_background"] = {m: background_energy(ex, val, m, groups, backgrounds, args.limit)

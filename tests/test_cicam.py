@@ -277,8 +277,9 @@ def test_cicam_method_is_the_down_branch_cam_of_the_loaded_network(tmp_path):
         assert torch.isfinite(ex.compute(image, m, 1, params={"labels": "1"} if m == "sipe" else None).map).all()
 
 
-def test_cicam_method_refuses_other_backbones_and_unshipped_checkpoints():
+def test_cicam_method_refuses_other_backbones_and_unshipped_checkpoints(tmp_path):
     from cam_core import BackboneError, Explainer, load_backbone
+    from cam_core.backbones.sources.testbed import load_testbed
     from cam_core.methods import get_method
 
     bb = load_backbone("testbed-cnn")
@@ -288,5 +289,28 @@ def test_cicam_method_refuses_other_backbones_and_unshipped_checkpoints():
     for name, hint in (("testbed2-ci-cam", "--arch ci-cam --role loc"), ("testbed2-kd-ci-cam", "--arch kd-ci-cam"),
                        ("testbed2-cnn", "--version 2")):
         with pytest.raises(BackboneError, match="not trained yet") as err:
-            load_backbone(name)
+            load_testbed(tmp_path / name)  # a checkout whose checkpoint is missing
         assert hint in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_shipped_version_2_models_load_with_their_cards():
+    """testbed2-cnn, -vit, -ci-cam and -kd-ci-cam ship trained on version 2 (n 1200, seed 0),
+    the student from the two shipped teachers; CI-CAM's map applies to the CI-CAM networks only."""
+    import json
+
+    from cam_core import Explainer, load_backbone
+    from cam_core.backbones.sources.testbed import TESTBED_DIR
+
+    for name, arch in (("testbed2-cnn", "cnn"), ("testbed2-vit", "vit"), ("testbed2-ci-cam", "ci-cam"),
+                       ("testbed2-kd-ci-cam", "kd-ci-cam")):
+        card = json.loads((TESTBED_DIR / f"{name}.json").read_text())
+        assert card["arch"] == arch and card["data"]["version"] == 2 and card["data"]["n"] == 1200
+        assert card["input_size"] == 160 and card["val"]["mAP"] > 0.9
+        bb = load_backbone(name)
+        assert "version 2" in bb.source and bb.input_size == (160, 160)
+        assert ("cicam" in [s.name for s in Explainer(bb).methods()]) == arch.endswith("ci-cam")
+    kd = json.loads((TESTBED_DIR / "testbed2-kd-ci-cam.json").read_text())
+    assert kd["training"]["teachers"] == {"cls": "assets/testbed/testbed2-ci-cam-cls",
+                                          "loc": "assets/testbed/testbed2-ci-cam"}
+    assert json.loads((TESTBED_DIR / "testbed2-ci-cam-cls.json").read_text())["training"]["role"] == "cls"
+    assert json.loads((TESTBED_DIR / "testbed2-ci-cam.json").read_text())["training"]["role"] == "loc"

@@ -332,3 +332,39 @@ def test_tscam_beats_cam_on_tokens_with_the_shipped_vit(testbed):
     ds = VOCDataset(testbed, "train")
     tscam, cam = evaluate(ds, ex, ["tscam", "cam"])
     assert tscam["seed_mIoU"] > cam["seed_mIoU"] + 0.03
+
+
+def test_version_2_decoys_are_bodies_without_a_part_and_background_in_every_mask():
+    """Decoys make 'a body is here' worthless to the classifier (the v2 partial-activation
+    lever): painted over the texture, absent from every mask and from the objects."""
+    from cam_core.testbed.generate import DECOYS_V2, _paint, draw_object_v2, texture
+
+    rgb, cls_mask, inst_mask, part_mask, instances, _ = _paint(np.random.default_rng(5), "grass", [], 160,
+                                                               draw_object_v2, decoys=2)
+    plain = texture("grass", np.random.default_rng(5), 160)  # the same stream's texture, without decoys
+    assert not instances and not cls_mask.any() and not inst_mask.any() and not part_mask.any()
+    painted = (rgb != plain).any(axis=-1).mean()
+    assert 0.05 < painted < 0.6  # two bodies of about 2,000-4,500 px each on 25,600 px
+    # with one object of class 3: its mask holds its body and part only, the decoy stays background
+    rgb1, cls1, _, part1, inst1, _ = _paint(np.random.default_rng(6), "sand", [3], 160, draw_object_v2, decoys=1)
+    assert [i.cls for i in inst1] == [3] and set(np.unique(cls1)) == {0, 4} and set(np.unique(part1)) == {0, 1, 2}
+    plain1 = texture("sand", np.random.default_rng(6), 160)
+    assert ((rgb1 != plain1).any(axis=-1) & (cls1 == 0)).sum() > 1000  # the decoy, outside every mask
+    assert DECOYS_V2[0] < 0.5  # most images hold a decoy
+
+
+def test_version_2_records_its_decoys(testbed_v2):
+    meta = json.loads((testbed_v2 / "testbed.json").read_text())
+    assert meta["decoys"]["probabilities of 0, 1, 2 per image"] == [0.3, 0.4, 0.3]
+
+
+def test_a_version_2_models_bank_regenerates_version_2_data():
+    """LPCAM's default bank of a testbed model is its training data, regenerated from the
+    card: a v2 card must regenerate v2 (it regenerated v1 before), v1 keeps its cache id."""
+    from cam_core.backbones.sources.testbed import training_data_bank
+
+    v1 = training_data_bank({"n": 1200, "seed": 0, "train": 960, "val": 240})
+    v2 = training_data_bank({"n": 1200, "seed": 0, "train": 960, "val": 240, "version": 2, "heldout": 240})
+    assert v1.data_id == "testbed-n1200-seed0-val0.2" and v1.generate.keywords["version"] == 1
+    assert v2.data_id == "testbed-n1200-seed0-val0.2-v2" and v2.generate.keywords["version"] == 2
+    assert "version 2" in v2.name and v1.name == "testbed train split (n 1200, seed 0)"

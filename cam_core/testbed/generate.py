@@ -15,7 +15,10 @@ Version 2:
 * Partial activation, hard: the body carries no class evidence at all (its shape and colour
   are drawn for every instance from the same four shapes and one palette, whatever the
   class), bodies are larger (160 px images) and parts smaller (about 4% of the body): only
-  the part tells the class apart.
+  the part tells the class apart. And bodies are not even evidence that an object is there:
+  most images also hold one or two decoys, bodies without a part, which are background in
+  every mask. (Without decoys the CNN's CAM still covered 83% of body pixels: any body
+  was worth lighting, since every body held a part. bench/testbed_v2_variants.py measures both.)
 * Context confounder, hard: the water classes sit on water in 95% of train/val images, the
   others in 3%; and a third split, `heldout`, flips it: every image with a water class is on
   another background and every image without one is on water.
@@ -175,10 +178,15 @@ def make_sample(rng: np.random.Generator, size: int = SIZE):
     return _paint(rng, tex, classes, size, draw_object)
 
 
-def _paint(rng: np.random.Generator, tex: str, classes: list[int], size: int, draw):
-    """Draw the background texture and the objects of `classes` (draw(rng, cls, size) gives
-    body, part and colour) in order; (rgb, class mask, instance mask, part mask, instances, tex)."""
+def _paint(rng: np.random.Generator, tex: str, classes: list[int], size: int, draw, decoys: int = 0):
+    """Draw the background texture, `decoys` part-less bodies (background in every mask) and
+    the objects of `classes` (draw(rng, cls, size) gives body, part and colour) in order;
+    (rgb, class mask, instance mask, part mask, instances, tex)."""
     rgb = texture(tex, rng, size).astype(np.float32)
+    for _ in range(decoys):
+        body, part, colour = draw(rng, 0, size)
+        shade = 1.0 + 0.15 * rng.normal(0, 1, (size, size, 1)).astype(np.float32)
+        rgb = np.where((body | part)[..., None], np.clip(np.array(colour, np.float32) * shade, 0, 255), rgb)
     cls_mask = np.zeros((size, size), np.uint8)
     inst_mask = np.zeros((size, size), np.uint8)
     part_mask = np.zeros((size, size), np.uint8)
@@ -217,6 +225,7 @@ WATER_PROB_WITHOUT_V2 = 0.03
 SIZE_V2 = 160
 BODY_RADII_V2 = ((24.0, 40.0), (22.0, 36.0))  # rx, ry ranges (v1: 16-27, 14-24 on 128 px)
 PART_RADIUS_V2 = (5.5, 8.0)  # in pixels, whatever the body's size (v1: 0.34-0.42 of its radius)
+DECOYS_V2 = (0.3, 0.4, 0.3)  # probability of 0, 1, 2 part-less bodies per image
 
 
 def draw_object_v2(rng: np.random.Generator, cls: int, size: int = SIZE_V2):
@@ -248,7 +257,8 @@ def make_sample_v2(rng: np.random.Generator, size: int = SIZE_V2, heldout: bool 
     else:
         water = rng.random() < (WATER_PROB_WITH_V2 if has_water_class else WATER_PROB_WITHOUT_V2)
     tex = "water" if water else TEXTURES[1 + rng.integers(len(TEXTURES) - 1)]
-    return _paint(rng, tex, classes, size, draw_object_v2)
+    decoys = int(rng.choice(len(DECOYS_V2), p=DECOYS_V2)) if any(DECOYS_V2[1:]) else 0
+    return _paint(rng, tex, classes, size, draw_object_v2, decoys)
 
 
 def _annotation_xml(image_id: str, size: int, instances: list[Instance], classes=CLASSES) -> bytes:
@@ -355,6 +365,8 @@ def generate(out: str | Path, n: int = 1200, seed: int = 0, val_fraction: float 
         meta.update({
             "bodies": "any of " + ", ".join(BODIES) + " for every class, colour from one palette",
             "body_radii": BODY_RADII_V2, "part_radius": PART_RADIUS_V2,
+            "decoys": {"probabilities of 0, 1, 2 per image": DECOYS_V2,
+                       "what": "part-less bodies (shapes and colours as the objects'), background in every mask"},
             "water_classes": [CLASSES_V2[i] for i in WATER_CLASSES_V2],
             "water_probability": {"with_water_class": WATER_PROB_WITH_V2, "otherwise": WATER_PROB_WITHOUT_V2},
             "heldout": "backgrounds flipped: images with a water class on other textures, the rest on water",

@@ -109,10 +109,10 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((precision * hits).sum() / hits.sum())
 
 
-def evaluate_classifier(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> dict:
+def evaluate_classifier(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64, device="cpu") -> dict:
     model.eval()
     with torch.inference_mode():
-        logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        logits = torch.cat([model(x[i : i + batch_size].to(device)) for i in range(0, len(x), batch_size)]).cpu()
     scores, labels = logits.sigmoid().numpy(), y.numpy()
     aps = [average_precision(scores[:, c], labels[:, c]) for c in range(labels.shape[1])]
     pred = scores > 0.5
@@ -251,6 +251,8 @@ def train(
     total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total, 1), pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
+    # The whole train split fits a GPU's memory (under 1 GB): batches are cut there, not copied per step.
+    x_dev = x_train.to(device)
     step, losses = 0, []
     for epoch in range(epochs):
         model.train()
@@ -259,7 +261,7 @@ def train(
         epoch_loss = []
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            xb, yb = x_train[idx].clone(), y_train[idx].clone()
+            xb, yb = x_dev[idx.to(x_dev.device)], y_train[idx].clone()
             flags = None
             if arch == "kd-ci-cam":  # the student script's "random" distillation: no teacher, cls or loc
                 flags = torch.randint(0, 3, (len(idx),), generator=gen)
@@ -268,7 +270,8 @@ def train(
             elif crops:
                 xb, yb = random_resized_crops(xb, masks[idx], len(classes),
                                               torch.full((len(idx),), opts["crop_min_scale"]), gen)
-            xb[flips[idx]] = xb[flips[idx]].flip(-1)  # mirror images (the only augmentation of cnn and vit)
+            flip = flips[idx].to(xb.device)
+            xb[flip] = xb[flip].flip(-1)  # mirror images (the only augmentation of cnn and vit)
             xb, yb = xb.to(device), yb.to(device)
             if arch in ("cnn", "vit"):
                 loss = F.binary_cross_entropy_with_logits(model(xb), yb)

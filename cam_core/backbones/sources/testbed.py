@@ -67,12 +67,13 @@ def training_data_bank(data: dict) -> DatasetBank | None:
     regenerated from its seed (the generator is deterministic) into the cache on first use."""
     if "n" not in data or "seed" not in data:
         return None
-    n, seed = int(data["n"]), int(data["seed"])
+    n, seed, version = int(data["n"]), int(data["seed"]), int(data.get("version", 1))
     val_fraction = round(int(data["val"]) / n, 6) if "val" in data else 0.2
+    tag = "" if version == 1 else f" version {version},"  # v1's name and cache id as before versions
     return DatasetBank(
-        name=f"testbed train split (n {n}, seed {seed})", split="train",
-        generate=functools.partial(generate, n=n, seed=seed, val_fraction=val_fraction),
-        data_id=f"testbed-n{n}-seed{seed}-val{val_fraction:g}",
+        name=f"testbed{tag} train split (n {n}, seed {seed})", split="train",
+        generate=functools.partial(generate, n=n, seed=seed, val_fraction=val_fraction, version=version),
+        data_id=f"testbed-n{n}-seed{seed}-val{val_fraction:g}" + ("" if version == 1 else f"-v{version}"),
     )
 
 
