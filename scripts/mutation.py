@@ -66,6 +66,7 @@ MODULES: dict[str, list[str]] = {
     "methods/attention": ["tests/test_testbed.py"],
     "methods/lpcam": ["tests/test_prototypes.py", "tests/test_banks.py"],
     "methods/sipe": ["tests/test_prototypes.py"],
+    "methods/cicam": ["tests/test_cicam.py"],
     "backbones/folding": ["tests/test_folding.py", "tests/test_methods.py"],
 }
 # what the tests read or import besides cam_core/ and tests/: sample images, the shipped testbed

@@ -251,7 +251,7 @@ def train(
     total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total, 1), pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
-    # The whole train split fits a GPU's memory (under 1 GB): batches are cut there, not copied per step.
+    # The train split sits on the device (960 images at 160 px: 295 MB): batches are cut there, not copied per step.
     x_dev = x_train.to(device)
     step, losses = 0, []
     for epoch in range(epochs):
