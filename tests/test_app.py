@@ -133,6 +133,19 @@ def test_the_vit_testbed_loads_and_offers_its_own_methods(app):
     assert len(_tile_captions(app)) == len(titles)  # every tile drawn, none an error
 
 
+def test_a_ci_cam_network_offers_its_causal_branch_map_in_the_grid(app):
+    """Issue 12: the shipped KD-CI-CAM student loads from the sidebar, CI-CAM (the down branch's
+    CAM) is offered for it (and for no other backbone: see test_zoo) and draws a tile."""
+    app.selectbox(key="backbone_choice").set_value("testbed2-kd-ci-cam").run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert app.session_state["selection"].backbone.name == "testbed2-kd-ci-cam"
+    assert "CI-CAM" in app.multiselect(key="methods").options
+    app.multiselect(key="methods").set_value(["CAM", "CI-CAM"]).run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert {"CAM", "CI-CAM"} <= set(page_titles(app))
+    assert len(_tile_captions(app)) == len(page_titles(app))
+
+
 def test_in_topk_mode_a_prediction_or_a_searched_class_is_explained(app):
     """Issue 9 item 3: with k > 1 the top-5 buttons and "Explain this class" did nothing."""
     app.number_input(key="topk").set_value(3).run()
