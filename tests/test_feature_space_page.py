@@ -6,11 +6,13 @@ it" (no forward pass, no other method); the fragment half is checked in the real
 import json
 
 import pytest
+import torch
 from helpers import ROOT
 from streamlit.proto.PlotlyChart_pb2 import PlotlyChart
 from streamlit.testing.v1 import AppTest
 
 APP = str(ROOT / "app.py")
+DICTIONARY_TITLE, USED = "CI-CAM dictionary", "used for this image"  # the page's (importing it runs it)
 
 
 @pytest.fixture
@@ -39,6 +41,7 @@ def test_page_shows_lpcam_sipe_and_the_embedding(page):
     assert {"LPCAM", "SIPE", "Pixels, class centres and prototypes"} <= {s.value for s in page.subheader}
     assert _captions(page, "LPCAM: ") and _captions(page, "SIPE: ") and _captions(page, "Threshold: ")
     assert page.get("plotly_chart")
+    assert DICTIONARY_TITLE not in {s.value for s in page.subheader}  # EfficientNet is no CI-CAM network
 
 
 @pytest.mark.parametrize("key,value", [("fs_lp_k", 6), ("fs_lp_tau", 0.3), ("fs_lp_rule", "softmax")])
@@ -286,3 +289,50 @@ def test_the_sidebars_input_size_reaches_every_map_and_the_pixel_cloud():
     scale = at.select_slider(key="fs_scale")
     assert scale.value == 2.0 and "2× (896 × 896 px)" in scale.options
     assert any("28 × 28 feature grid of the image at 2× the input (896 × 896 px)" in c.value for c in at.caption)
+
+
+def _page_with(backbone, sample="cat.png"):
+    """The page with `backbone` and the sample image chosen from the start (no EfficientNet run first)."""
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.session_state["backbone_choice"] = backbone
+    at.session_state["sample"] = sample
+    at.run()
+    at.switch_page("pages/feature_space.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    sel = at.session_state["selection"]
+    assert sel.explainer.backbone.name == backbone and sel.image.name == sample
+    return at
+
+
+def _dictionary_captions(at):
+    """The captions of the images the CI-CAM dictionary panel shows, each image's own."""
+    out = []
+    for el in at.get("image"):
+        out += [img.caption for img in el.proto.imgs]
+    return [c for c in out if " · up " in c]
+
+
+def test_ci_cam_dictionary_panel_names_every_entry_and_marks_the_top1_class():
+    """Issue 12: for a CI-CAM backbone, the dictionary's K entries captioned by class name, the
+    entry of the up branch's top-1 class marked as used; absent for any other backbone."""
+    at = _page_with("testbed2-ci-cam", "orange.jpg")  # its up branch's top-1: chev (6), not the usual bar (4)
+    assert DICTIONARY_TITLE in [s.value for s in at.subheader]
+    sel = at.session_state["selection"]
+    bb = sel.explainer.backbone
+    captions = _dictionary_captions(at)
+    assert [c.split(" · ")[0] for c in captions] == [bb.short_name(k) for k in range(len(bb.class_names))]
+    assert len(captions) == len(bb.class_names) == 8
+    used = [k for k, c in enumerate(captions) if c.endswith(USED)]
+    fwd = sel.explainer.forward(sel.image, input_size=sel.input_size)
+    with torch.no_grad():
+        top1 = int(bb.model.branches(fwd.input).up_logits.argmax())
+    assert used == [top1]
+    assert any(img.caption.startswith("attention magnitude ‖A‖") for el in at.get("image") for img in el.proto.imgs)
+
+    # Not CI-CAM: no panel. (random:resnet18, not testbed-cnn: a testbed-cnn page builds its dataset bank
+    # first, ~55 s in this test session's empty cache; the default EfficientNet's test checks it too.)
+    other = _page_with("random:resnet18")
+    assert {"LPCAM", "SIPE"} <= {s.value for s in other.subheader}
+    assert DICTIONARY_TITLE not in [s.value for s in other.subheader]
+    assert not _dictionary_captions(other)
+    assert not other.error
