@@ -312,27 +312,42 @@ def _dictionary_captions(at):
     return [c for c in out if " · up " in c]
 
 
-def test_ci_cam_dictionary_panel_names_every_entry_and_marks_the_top1_class():
-    """Issue 12: for a CI-CAM backbone, the dictionary's K entries captioned by class name, the
-    entry of the up branch's top-1 class marked as used; absent for any other backbone."""
-    at = _page_with("testbed2-ci-cam", "orange.jpg")  # its up branch's top-1: chev (6), not the usual bar (4)
-    assert DICTIONARY_TITLE in [s.value for s in at.subheader]
+def _marked_top1(at):
+    """(the index of the entry marked as used, the up branch's top-1 class) for the page's image."""
     sel = at.session_state["selection"]
     bb = sel.explainer.backbone
     captions = _dictionary_captions(at)
     assert [c.split(" · ")[0] for c in captions] == [bb.short_name(k) for k in range(len(bb.class_names))]
     assert len(captions) == len(bb.class_names) == 8
-    used = [k for k, c in enumerate(captions) if c.endswith(USED)]
     fwd = sel.explainer.forward(sel.image, input_size=sel.input_size)
     with torch.no_grad():
-        top1 = int(bb.model.branches(fwd.input).up_logits.argmax())
-    assert used == [top1]
+        branches = bb.model.branches(fwd.input)
+    return [k for k, c in enumerate(captions) if c.endswith(USED)], int(branches.up_logits.argmax())
+
+
+def test_ci_cam_dictionary_panel_names_every_entry_and_marks_the_top1_class():
+    """Issue 12: for a CI-CAM backbone, the dictionary's K entries captioned by class name, the
+    entry of the up branch's top-1 class marked as used (not the network's prediction, the down
+    branch's, where the two differ); absent for any other backbone. One session, the sidebar's
+    backbone and image changed in it as a user would."""
+    at = _page_with("testbed2-ci-cam", "orange.jpg")  # its up branch's top-1: chev (6), not the usual bar (4)
+    assert DICTIONARY_TITLE in [s.value for s in at.subheader]
+    used, top1 = _marked_top1(at)
+    assert used == [top1] == [6]
     assert any(img.caption.startswith("attention magnitude ‖A‖") for el in at.get("image") for img in el.proto.imgs)
+
+    # KD-CI-CAM on apple.jpg: the up branch says tri (3), the network bar (4); the entry used is tri's.
+    at.selectbox(key="backbone_choice").set_value("testbed2-kd-ci-cam").run()
+    at.selectbox(key="sample").set_value("apple.jpg").run()
+    assert not at.exception, [e.value for e in at.exception]
+    used, top1 = _marked_top1(at)
+    assert used == [top1] == [3]
+    assert any("The network's prediction (the down branch's top-1) is bar." in c.value for c in at.caption)
 
     # Not CI-CAM: no panel. (random:resnet18, not testbed-cnn: a testbed-cnn page builds its dataset bank
     # first, ~55 s in this test session's empty cache; the default EfficientNet's test checks it too.)
-    other = _page_with("random:resnet18")
-    assert {"LPCAM", "SIPE"} <= {s.value for s in other.subheader}
-    assert DICTIONARY_TITLE not in [s.value for s in other.subheader]
-    assert not _dictionary_captions(other)
-    assert not other.error
+    at.selectbox(key="backbone_choice").set_value("random:resnet18").run()
+    assert not at.exception and not at.error
+    assert {"LPCAM", "SIPE"} <= {s.value for s in at.subheader}
+    assert DICTIONARY_TITLE not in [s.value for s in at.subheader]
+    assert not _dictionary_captions(at)
