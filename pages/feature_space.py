@@ -554,12 +554,12 @@ def _dictionary_panel(bb, display: np.ndarray, view: DictionaryView) -> None:
 
 def _entry_tile(entry: torch.Tensor, lo: float, hi: float, used: bool, side: int = 96) -> np.ndarray:
     """One dictionary entry as a heatmap, `side` px square, on the scale lo..hi shared by all
-    entries; the used entry framed in white on black."""
+    entries; the used entry framed: black outside (seen on the page's white), white inside."""
     m = ((upsample(entry, (side, side)) - lo) / max(hi - lo, 1e-12)).clamp(0, 1).numpy()
     tile = colorize(m, "jet")
     if used:
         tile = tile.copy()
-        for width, colour in ((6, 0), (4, 255)):
+        for width, colour in ((6, 255), (3, 0)):
             tile[:width], tile[-width:], tile[:, :width], tile[:, -width:] = colour, colour, colour, colour
     return tile
 
