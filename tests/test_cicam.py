@@ -359,7 +359,8 @@ def test_dictionary_view_is_the_dictionary_the_up_top1_and_its_attention(name, s
     assert torch.allclose(view.entry_used, entry, atol=1e-6)
     with torch.no_grad():
         a = model.attention(torch.tensor([top1]), size)[0]  # by hand: the top-1 entry through the 1x1 conv
-        by_hand = model.mask2attention.weight[:, top1, 0, 0][:, None, None] * entry + model.mask2attention.bias[:, None, None]
+        conv = model.mask2attention
+        by_hand = conv.weight[:, top1, 0, 0][:, None, None] * entry + conv.bias[:, None, None]
     assert torch.allclose(a, by_hand, atol=1e-4)
     assert torch.allclose(view.attention_norm, a.norm(dim=0), rtol=1e-4, atol=1e-4)
     f, change = before.features[0], (before.attention * before.features)[0]
