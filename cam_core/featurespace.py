@@ -233,3 +233,75 @@ def spread_labels(points: np.ndarray, widths: np.ndarray, height: float, dx: flo
                     moved = True
         placed.append(int(i))
     return pos
+
+
+# ----- CI-CAM's class-CAM dictionary ------------------------------------------------------------
+@dataclass
+class DictionaryView:
+    """What CI-CAM's class-CAM dictionary does to one image (cam_core/testbed/cicam.py). All
+    tensors on the CPU, float32. The grid is the feature grid of the forward pass (20 x 20 for
+    160 px on the testbed): at another input size the entry is resized to it, as the model does."""
+
+    entries: torch.Tensor  # K x h0 x w0: the dictionary, one standardised class CAM per class
+    top1: int  # the up branch's top-1 class: the entry the attention was made from
+    up_probs: torch.Tensor  # K: sigmoid of the up branch's logits (the testbed is multi-label)
+    down_top1: int  # the network's own prediction (the down branch's top-1)
+    entry_used: torch.Tensor  # h x w: entries[top1] on the feature grid
+    attention_norm: torch.Tensor  # h x w: ||A||_2 over the C channels at each pixel
+    change_share: torch.Tensor  # h x w: ||A * F|| / ||F|| at each pixel (how much F' = F + A F moved)
+    overall_share: float  # ||A * F|| / ||F|| over the whole grid
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.attention_norm.shape)
+
+
+def is_cicam(backbone) -> bool:
+    from .testbed.cicam import CICAM
+
+    return isinstance(getattr(backbone, "model", None), CICAM)
+
+
+def dictionary_view(fwd) -> DictionaryView:
+    """CI-CAM's dictionary and its attention for the image of `fwd` (an Explainer's ForwardPass
+    of a CI-CAM backbone), cached in the forward pass. Reuses the forward: F, the up branch's
+    input, is the last ResNet stage run on the kept output of the one before it (the backbone's
+    features are the down branch's F' = F + A F); the attention A is made as the model makes
+    it. Leaves nothing on the model (no hook, no flag, no buffer touched). Raises MethodError
+    for a backbone that is not a CI-CAM network."""
+    from .errors import MethodError
+
+    bb = fwd.backbone
+    if not is_cicam(bb):
+        raise MethodError(f"{bb.name} is not a CI-CAM network: it has no class-CAM dictionary "
+                          "(the backbones testbed2-ci-cam and testbed2-kd-ci-cam have one)")
+    return fwd.memo(("cicam_dictionary",), lambda: _dictionary_view(fwd))
+
+
+def _dictionary_view(fwd) -> DictionaryView:
+    model = fwd.backbone.model
+    with torch.inference_mode():
+        before = fwd.stages.get("backbone.layer3")
+        if before is not None and hasattr(model.backbone, "layer4"):
+            f = model.backbone.layer4(before[None])  # F, from the forward pass's stage 3
+        else:
+            f = model.base_features(fwd.input)
+        up_logits = model.up_classifier(f.mean(dim=(2, 3)))[0]
+        top1 = int(up_logits.argmax())
+        size = tuple(f.shape[-2:])
+        a = model.attention(torch.tensor([top1], device=f.device), size)[0]
+        change = a * f[0]
+        entry = model.dictionary[top1]
+        if tuple(entry.shape) != size:
+            entry = F.interpolate(entry[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        f_norm = f[0].norm(dim=0)
+        return DictionaryView(
+            entries=model.dictionary.detach().float().cpu().clone(),
+            top1=top1,
+            up_probs=up_logits.float().sigmoid().cpu(),
+            down_top1=int(fwd.logits.argmax()),
+            entry_used=entry.float().cpu(),
+            attention_norm=a.norm(dim=0).float().cpu(),
+            change_share=(change.norm(dim=0) / f_norm.clamp_min(1e-12)).float().cpu(),
+            overall_share=float(change.norm() / f[0].norm().clamp_min(1e-12)),
+        )

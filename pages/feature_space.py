@@ -24,9 +24,12 @@ from cam_core.featurespace import (
     PROTOTYPE_KINDS,
     SIPE_PROTO,
     Embedding,
+    DictionaryView,
     PointCloud,
     base_cloud,
+    dictionary_view,
     embed,
+    is_cicam,
     prototype_cloud,
     similarity_map,
     spread_labels,
@@ -37,6 +40,7 @@ from cam_core.methods import get_method
 from cam_core.prototypes import saved_banks
 from cam_core.render import (
     LABEL_COLOURS,
+    colorize,
     downscale_for_display,
     group_colours,
     hex_colour,
@@ -45,6 +49,7 @@ from cam_core.render import (
     render_tile,
     resize_nearest,
     to_image_map,
+    upsample,
 )
 from ui.common import (
     USER_ERRORS,
@@ -268,6 +273,7 @@ class Controls:
     threshold_caption: object  # st.empty() under the threshold slider
     lp_out: object  # LPCAM's column
     sp_out: object  # SIPE's column
+    dict_out: object  # under them: CI-CAM's dictionary (a CI-CAM backbone only, else None)
     progress_slot: object  # st.empty() above the plot: t-SNE's progress bar, then nothing
 
 
@@ -295,6 +301,7 @@ class Computed:
     labels: list
     values: list
     palette: dict | None  # category -> colour, in legend order; None: values are map values in [0, 1]
+    dictionary: DictionaryView | None  # CI-CAM's dictionary and attention for this image (CI-CAM backbones)
 
 
 class NoEmbedding(Exception):
@@ -360,6 +367,7 @@ def _controls(bb, bank: PrototypeBank | None, fed: tuple[int, int]) -> Controls:
     sp_params = {p.name: param_input(p, p.name, key=f"fs_sipe_{p.name}", slider=True, container=right)
                  for p in get_method("sipe").params}
     sp_out = right.container()
+    dict_out = st.container() if is_cicam(bb) else None
     st.subheader("Pixels, class centres and prototypes")
     e1, e2, e3, e4 = st.columns(4)
     method = e1.radio("Embedding", ["pca", "tsne"], horizontal=True, key="fs_embed",
@@ -383,7 +391,7 @@ def _controls(bb, bank: PrototypeBank | None, fed: tuple[int, int]) -> Controls:
     colour_by = e4.selectbox("Colour pixels by", ["CAM", "LPCAM", "Grad-CAM", "SIPE IS-CAM", "SIPE seed", KMEANS],
                              key="fs_colour")
     return Controls(threshold, lp_params, sp_params, method, perplexity, scale, int(cap), use_bank, colour_by,
-                    threshold_caption, lp_out, sp_out, st.empty())
+                    threshold_caption, lp_out, sp_out, dict_out, st.empty())
 
 
 def _compute(sel: Selection, preds: list, target: int, bank: PrototypeBank | None, c: Controls) -> Computed:
@@ -426,8 +434,10 @@ def _compute(sel: Selection, preds: list, target: int, bank: PrototypeBank | Non
     placed = emb.place(protos.vectors)
     coords = np.concatenate([emb.coords, placed]) if len(placed) else emb.coords
     values, palette = _pixel_colours(sel, c.colour_by, cloud, lp, sp, target)
+    dictionary = dictionary_view(fwd) if c.dict_out is not None else None
     return Computed(display, cam, lp, lp_ms, lp_err, sp, sp_ms, sp_err, tiles, render_ms, fwd, cloud, emb, stopped,
-                    protos, coords, cloud.kinds + protos.kinds, cloud.labels + protos.labels, values, palette)
+                    protos, coords, cloud.kinds + protos.kinds, cloud.labels + protos.labels, values, palette,
+                    dictionary)
 
 
 def _render(sel: Selection, preds: list, target: int, c: Controls, out: Computed) -> None:
@@ -438,6 +448,9 @@ def _render(sel: Selection, preds: list, target: int, c: Controls, out: Computed
         _lpcam_panel(out)
     with c.sp_out:
         _sipe_panel(ex.backbone, out)
+    if c.dict_out is not None:
+        with c.dict_out:
+            _dictionary_panel(ex.backbone, out.display, out.dictionary)
     fig = _figure(out.coords, out.kinds, out.labels, out.cloud, out.values, out.palette, c.colour_by, image.size)
     # A short title: the plot column is ~600 px wide at a 1280 px window; the rest goes in a caption.
     fig.update_layout(title_y=0.97, title=f"{out.emb.method.upper()} of {len(out.cloud)} points + "
@@ -494,6 +507,61 @@ def _sipe_panel(bb, out: Computed) -> None:
              caption="seeds (tinted: the image's classes; clear: background)")
     c1.html(_legend_html(names[1:], _seed_colours(len(names))[1:]))
     c2.image(out.tiles["IS-CAM"], caption=f"IS-CAM · {size_note(sp)}", width="stretch")
+
+
+DICTIONARY_TITLE = "CI-CAM dictionary"
+DICTIONARY_CAPTION = (
+    "CI-CAM keeps one class CAM per class: over training, each image the up branch classified right adds its CAM "
+    "of its top-1 class to that class's entry, standardised, as a moving average (the entries are standardised "
+    "again after every update). For an image, the entry of the up branch's top-1 class becomes, through a 1×1 "
+    "convolution, an attention A with one value per feature channel and pixel, and the down branch reads the "
+    "re-weighted features F + A·F: its CAM is CI-CAM's map. A depends on the top-1 class only; how much it "
+    "changes the features depends on the image.")
+USED = "used for this image"
+
+
+def _dictionary_panel(bb, display: np.ndarray, view: DictionaryView) -> None:
+    """CI-CAM's dictionary (every entry, by class name, on one colour scale; the top-1 class's
+    entry marked), and what its attention does to this image."""
+    st.subheader(DICTIONARY_TITLE)
+    st.caption(DICTIONARY_CAPTION)
+    entries = view.entries
+    lo, hi = float(entries.min()), float(entries.max())
+    per_row = min(8, len(entries))
+    for start in range(0, len(entries), per_row):
+        cols = st.columns(per_row)
+        for k in range(start, min(start + per_row, len(entries))):
+            used = k == view.top1
+            caption = f"{bb.short_name(k)} · up {float(view.up_probs[k]):.0%}" + (f" · {USED}" if used else "")
+            cols[k - start].image(_entry_tile(entries[k], lo, hi, used), caption=caption, width="stretch")
+    st.caption(f"The entries on one colour scale, from {lo:.2f} (blue) to {hi:.2f} (red), standardised units; "
+               f"framed: the entry of the up branch's top-1 class, {bb.short_name(view.top1)}, the one the attention "
+               "was made from for this image (up: the up branch's sigmoid score of each class)."
+               + ("" if view.down_top1 == view.top1 else
+                  f" The network's prediction (the down branch's top-1) is {bb.short_name(view.down_top1)}."))
+    size = display.shape[:2]
+    share, norm = view.change_share, view.attention_norm
+    c1, c2, c3 = st.columns(3)
+    c1.image(render_tile(display, to_image_map(view.entry_used, size, "minmax"), 0.5, "jet"), width="stretch",
+             caption=f"the {bb.short_name(view.top1)} entry on this image's {view.grid[0]} × {view.grid[1]} grid")
+    c2.image(render_tile(display, to_image_map(norm, size, "minmax"), 0.5, "jet"), width="stretch",
+             caption=f"attention magnitude ‖A‖ per pixel (over the channels): {float(norm.min()):.2f} … "
+                     f"{float(norm.max()):.2f}")
+    c3.image(render_tile(display, to_image_map(share, size, "minmax"), 0.5, "jet"), width="stretch",
+             caption=f"change ‖A·F‖ / ‖F‖ per pixel: {float(share.min()):.0%} … {float(share.max()):.0%} "
+                     f"(whole image: {view.overall_share:.0%})")
+
+
+def _entry_tile(entry: torch.Tensor, lo: float, hi: float, used: bool, side: int = 96) -> np.ndarray:
+    """One dictionary entry as a heatmap, `side` px square, on the scale lo..hi shared by all
+    entries; the used entry framed: black outside (seen on the page's white), white inside."""
+    m = ((upsample(entry, (side, side)) - lo) / max(hi - lo, 1e-12)).clamp(0, 1).numpy()
+    tile = colorize(m, "jet")
+    if used:
+        tile = tile.copy()
+        for width, colour in ((6, 255), (3, 0)):
+            tile[:width], tile[-width:], tile[:, :width], tile[:, -width:] = colour, colour, colour, colour
+    return tile
 
 
 def size_note(res) -> str:

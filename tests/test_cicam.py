@@ -314,3 +314,75 @@ def test_the_shipped_version_2_models_load_with_their_cards():
                                           "loc": "assets/testbed/testbed2-ci-cam"}
     assert json.loads((TESTBED_DIR / "testbed2-ci-cam-cls.json").read_text())["training"]["role"] == "cls"
     assert json.loads((TESTBED_DIR / "testbed2-ci-cam.json").read_text())["training"]["role"] == "loc"
+
+
+def _hooks(model):
+    return [(name, len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks))
+            for name, m in model.named_modules()
+            if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks]
+
+
+@pytest.mark.parametrize("name,sample,input_size", [("testbed2-ci-cam", "orange.jpg", None),
+                                                    ("testbed2-ci-cam", "cat.png", "2x"),
+                                                    ("testbed2-kd-ci-cam", "apple.jpg", None)])
+def test_dictionary_view_is_the_dictionary_the_up_top1_and_its_attention(name, sample, input_size):
+    """Issue 12: the Feature space page's view of CI-CAM's dictionary for one image, checked
+    against the model's own branches. kd-ci-cam on apple.jpg: the up branch says tri (3), the
+    network (the down branch) bar (4): the entry used is the up branch's. At 2x the grid is
+    40 x 40 and the 20 x 20 entry is resized to it, as the model does."""
+    from helpers import SAMPLES
+
+    from cam_core import Explainer, load_backbone, load_image
+    from cam_core.featurespace import dictionary_view
+
+    bb = load_backbone(name)
+    ex = Explainer(bb)
+    fwd = ex.forward(load_image(SAMPLES / sample), input_size=input_size)
+    model = bb.model
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        before = model.branches(fwd.input)
+    view = dictionary_view(fwd)
+    assert dictionary_view(fwd) is view  # cached in the forward pass
+
+    assert torch.equal(view.entries, model.dictionary.cpu()) and view.entries.shape == (8, 20, 20)
+    top1 = int(before.up_logits.argmax())
+    assert view.top1 == top1 and view.down_top1 == int(before.down_logits.argmax())
+    if sample == "apple.jpg":
+        assert (view.top1, view.down_top1) == (3, 4)
+    assert torch.allclose(view.up_probs, before.up_logits[0].sigmoid(), atol=1e-5)
+    size = tuple(before.features.shape[-2:])
+    assert size == ((40, 40) if input_size == "2x" else (20, 20)) and view.grid == size
+    entry = model.dictionary[top1]
+    if size != (20, 20):
+        entry = F.interpolate(entry[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    assert torch.allclose(view.entry_used, entry, atol=1e-6)
+    with torch.no_grad():
+        a = model.attention(torch.tensor([top1]), size)[0]  # by hand: the top-1 entry through the 1x1 conv
+        conv = model.mask2attention
+        by_hand = conv.weight[:, top1, 0, 0][:, None, None] * entry + conv.bias[:, None, None]
+    assert torch.allclose(a, by_hand, atol=1e-4)
+    assert torch.allclose(view.attention_norm, a.norm(dim=0), rtol=1e-4, atol=1e-4)
+    f, change = before.features[0], (before.attention * before.features)[0]
+    assert torch.allclose(view.change_share, change.norm(dim=0) / f.norm(dim=0), rtol=1e-3, atol=1e-5)
+    assert view.overall_share == pytest.approx(float(change.norm() / f.norm()), rel=1e-3)
+    assert 0.05 < view.overall_share < 2  # the attention does change the features
+
+    # nothing left on the shared model: no hook, the same buffers and weights, the same outputs
+    assert not _hooks(model)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        after = model.branches(fwd.input)
+    assert torch.equal(after.down_logits, before.down_logits) and torch.equal(after.attention, before.attention)
+
+
+def test_dictionary_view_refuses_a_backbone_without_a_dictionary():
+    from helpers import SAMPLES
+
+    from cam_core import Explainer, MethodError, load_backbone, load_image
+    from cam_core.featurespace import dictionary_view, is_cicam
+
+    bb = load_backbone("testbed-cnn")
+    assert not is_cicam(bb) and is_cicam(load_backbone("testbed2-kd-ci-cam"))
+    with pytest.raises(MethodError, match="testbed-cnn is not a CI-CAM network"):
+        dictionary_view(Explainer(bb).forward(load_image(SAMPLES / "cat.png")))

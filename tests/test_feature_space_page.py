@@ -6,11 +6,13 @@ it" (no forward pass, no other method); the fragment half is checked in the real
 import json
 
 import pytest
+import torch
 from helpers import ROOT
 from streamlit.proto.PlotlyChart_pb2 import PlotlyChart
 from streamlit.testing.v1 import AppTest
 
 APP = str(ROOT / "app.py")
+DICTIONARY_TITLE, USED = "CI-CAM dictionary", "used for this image"  # the page's (importing it runs it)
 
 
 @pytest.fixture
@@ -39,6 +41,7 @@ def test_page_shows_lpcam_sipe_and_the_embedding(page):
     assert {"LPCAM", "SIPE", "Pixels, class centres and prototypes"} <= {s.value for s in page.subheader}
     assert _captions(page, "LPCAM: ") and _captions(page, "SIPE: ") and _captions(page, "Threshold: ")
     assert page.get("plotly_chart")
+    assert DICTIONARY_TITLE not in {s.value for s in page.subheader}  # EfficientNet is no CI-CAM network
 
 
 @pytest.mark.parametrize("key,value", [("fs_lp_k", 6), ("fs_lp_tau", 0.3), ("fs_lp_rule", "softmax")])
@@ -286,3 +289,65 @@ def test_the_sidebars_input_size_reaches_every_map_and_the_pixel_cloud():
     scale = at.select_slider(key="fs_scale")
     assert scale.value == 2.0 and "2× (896 × 896 px)" in scale.options
     assert any("28 × 28 feature grid of the image at 2× the input (896 × 896 px)" in c.value for c in at.caption)
+
+
+def _page_with(backbone, sample="cat.png"):
+    """The page with `backbone` and the sample image chosen from the start (no EfficientNet run first)."""
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.session_state["backbone_choice"] = backbone
+    at.session_state["sample"] = sample
+    at.run()
+    at.switch_page("pages/feature_space.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    sel = at.session_state["selection"]
+    assert sel.explainer.backbone.name == backbone and sel.image.name == sample
+    return at
+
+
+def _dictionary_captions(at):
+    """The captions of the images the CI-CAM dictionary panel shows, each image's own."""
+    out = []
+    for el in at.get("image"):
+        out += [img.caption for img in el.proto.imgs]
+    return [c for c in out if " · up " in c]
+
+
+def _marked_top1(at):
+    """(the index of the entry marked as used, the up branch's top-1 class) for the page's image."""
+    sel = at.session_state["selection"]
+    bb = sel.explainer.backbone
+    captions = _dictionary_captions(at)
+    assert [c.split(" · ")[0] for c in captions] == [bb.short_name(k) for k in range(len(bb.class_names))]
+    assert len(captions) == len(bb.class_names) == 8
+    fwd = sel.explainer.forward(sel.image, input_size=sel.input_size)
+    with torch.no_grad():
+        branches = bb.model.branches(fwd.input)
+    return [k for k, c in enumerate(captions) if c.endswith(USED)], int(branches.up_logits.argmax())
+
+
+def test_ci_cam_dictionary_panel_names_every_entry_and_marks_the_top1_class():
+    """Issue 12: for a CI-CAM backbone, the dictionary's K entries captioned by class name, the
+    entry of the up branch's top-1 class marked as used (not the network's prediction, the down
+    branch's, where the two differ); absent for any other backbone. One session, the sidebar's
+    backbone and image changed in it as a user would."""
+    at = _page_with("testbed2-ci-cam", "orange.jpg")  # its up branch's top-1: chev (6), not the usual bar (4)
+    assert DICTIONARY_TITLE in [s.value for s in at.subheader]
+    used, top1 = _marked_top1(at)
+    assert used == [top1] == [6]
+    assert any(img.caption.startswith("attention magnitude ‖A‖") for el in at.get("image") for img in el.proto.imgs)
+
+    # KD-CI-CAM on apple.jpg: the up branch says tri (3), the network bar (4); the entry used is tri's.
+    at.selectbox(key="backbone_choice").set_value("testbed2-kd-ci-cam").run()
+    at.selectbox(key="sample").set_value("apple.jpg").run()
+    assert not at.exception, [e.value for e in at.exception]
+    used, top1 = _marked_top1(at)
+    assert used == [top1] == [3]
+    assert any("The network's prediction (the down branch's top-1) is bar." in c.value for c in at.caption)
+
+    # Not CI-CAM: no panel. (random:resnet18, not testbed-cnn: a testbed-cnn page builds its dataset bank
+    # first, ~55 s in this test session's empty cache; the default EfficientNet's test checks it too.)
+    at.selectbox(key="backbone_choice").set_value("random:resnet18").run()
+    assert not at.exception and not at.error
+    assert {"LPCAM", "SIPE"} <= {s.value for s in at.subheader}
+    assert DICTIONARY_TITLE not in [s.value for s in at.subheader]
+    assert not _dictionary_captions(at)
