@@ -56,7 +56,7 @@ MODULES: dict[str, list[str]] = {
     "metrics": ["tests/test_metrics.py", "tests/test_metrics_gt.py", "tests/test_faithfulness.py"],
     "render": ["tests/test_render.py"],
     "kmeans": ["tests/test_kmeans.py"],
-    "images": ["tests/test_images.py"],
+    "images": ["tests/test_images.py", "tests/test_working_image.py"],
     "prototypes": ["tests/test_prototypes.py"],
     "engine": ["tests/test_methods.py", "tests/test_concurrency.py", "tests/test_prototypes.py"],
     "methods/base": ["tests/test_methods.py"],

@@ -472,3 +472,26 @@ def test_layer_help_names_the_methods_that_ignore_the_layer():
     for label in ("CAM", "LPCAM", "SIPE (IS-CAM)", "TS-CAM", "Attention rollout"):
         assert label in text
     assert "Grad-CAM" not in text and "Eigen-CAM" not in text
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3])
+def test_eigencam_sign_follows_the_features_and_constant_features_give_zeros(scale):
+    """Known answers on constructed activations (mutation survivors: the sign step and the
+    constant-features branch were never reached). One varying channel, high on one half: the
+    principal direction's sign is arbitrary, so the map must be positive exactly where the
+    features fire, whichever half that is; tiny features (dot product below 1) too."""
+    from types import SimpleNamespace
+
+    from cam_core.methods.activation import eigencam
+
+    for high in ("left", "right"):
+        acts = torch.ones(3, 4, 6) * scale
+        half = (slice(None), slice(0, 3)) if high == "left" else (slice(None), slice(3, 6))
+        acts[0][half] = 5 * scale
+        out = eigencam(SimpleNamespace(activations=acts), 0)
+        expected = torch.zeros(4, 6)
+        expected[half] = 2 * scale  # centred values +-2*scale along the one varying channel
+        assert torch.allclose(out.map, expected, rtol=1e-4, atol=1e-9 * scale), (high, out.map)
+    const = eigencam(SimpleNamespace(activations=torch.full((3, 4, 6), 2.0 * scale)), 0)
+    assert const.map.shape == (4, 6) and not const.map.any()
+    assert const.note == "constant features: no principal direction"
