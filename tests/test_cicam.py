@@ -386,3 +386,41 @@ def test_dictionary_view_refuses_a_backbone_without_a_dictionary():
     assert not is_cicam(bb) and is_cicam(load_backbone("testbed2-kd-ci-cam"))
     with pytest.raises(MethodError, match="testbed-cnn is not a CI-CAM network"):
         dictionary_view(Explainer(bb).forward(load_image(SAMPLES / "cat.png")))
+
+
+def _cicam_context(maps, logits):
+    """A forward pass whose backbone's class maps (K x h x w) and logits are given."""
+    from types import SimpleNamespace
+
+    from cam_core.methods.base import MethodContext
+
+    backbone = SimpleNamespace(name="testbed2-ci-cam", class_maps=lambda head_features: maps)
+    return MethodContext(SimpleNamespace(backbone=backbone, head_features=None, logits=logits))
+
+
+def test_cicam_method_class_map_by_default_and_combination_with_its_note():
+    """The method on constructed class maps: without a mode, the ReLU of the target's map; in
+    'combination' mode the combinational map (as combination_map) and the note telling the user
+    it is class-agnostic."""
+    from cam_core.methods.cicam import cicam
+
+    maps = torch.stack([torch.full((2, 2), v) for v in (1.0, 2.0, 3.0)])
+    maps[1, 0, 0] = -6.0
+    logits = torch.tensor([1.0, 0.0, 2.0])
+    ctx = _cicam_context(maps, logits)
+    out = cicam(ctx, 1)  # the default mode: the class's down CAM, ReLU'd
+    assert torch.equal(out.map, torch.tensor([[0.0, 2.0], [2.0, 2.0]])) and out.note == ""
+    comb = cicam(ctx, 1, mode="combination")
+    assert torch.allclose(comb.map, combination_map(maps[None], logits[None])[0])
+    assert comb.note == "combinational CAM (class-agnostic, as the official localisation)"
+
+
+def test_cicam_refuses_a_backbone_that_is_not_a_ci_cam_network_and_names_the_ones_that_are():
+    from types import SimpleNamespace
+
+    from cam_core.methods import METHODS
+
+    resnet = SimpleNamespace(name="resnet18", model=nn.Identity(), kind="cnn")
+    assert METHODS["cicam"].refusal(resnet) == (
+        "CI-CAM does not apply to resnet18: it reads the causal-intervention branch of a CI-CAM network "
+        "(the backbones testbed2-ci-cam and testbed2-kd-ci-cam)")
