@@ -231,6 +231,67 @@ def test_rollout_is_the_product_of_attention_with_the_residual_by_hand(deit, cat
     torch.testing.assert_close(res.map, expected, atol=1e-7, rtol=1e-5)
 
 
+class _TokenBackbone:
+    """A ViT-like backbone on a 1 x 2 patch grid with `prefix` class tokens before the patches."""
+
+    def __init__(self, prefix):
+        self.name, self.num_prefix_tokens = "tiny-vit", prefix
+
+    def attentions_in_frame(self, atts):
+        return torch.stack(atts)
+
+    def to_spatial(self, t):
+        return t[0, self.num_prefix_tokens :].transpose(0, 1).reshape(-1, 1, 2)
+
+
+def _attention_context(prefix, attentions):
+    from types import SimpleNamespace
+
+    from cam_core.methods.base import MethodContext
+
+    return MethodContext(SimpleNamespace(backbone=_TokenBackbone(prefix), attentions=attentions))
+
+
+def test_rollout_renormalises_the_rows_and_reads_the_class_token_row():
+    """One block, one head, class token + 2 patches, with rows that are not probabilities
+    (sums 2, 4, 8). Class token's row: 0.5 [1, .5, .5] + 0.5 [1, 0, 0] = [1, .25, .25], renormalised
+    by its sum 1.5: the patches get 1/6 each."""
+    from cam_core.methods.attention import rollout
+
+    a = torch.tensor([[1.0, 0.5, 0.5], [0.8, 2.4, 0.8], [0.8, 0.8, 6.4]])
+    res = rollout(_attention_context(1, [a[None]]), 0)
+    torch.testing.assert_close(res.map, torch.tensor([[1 / 6, 1 / 6]]))
+
+
+def test_rollout_without_a_class_token_averages_the_tokens_rows():
+    """No prefix token (two patches): the map is the mean of the joint attention's rows, i.e.
+    how much attention each token receives on average, not the first token's row."""
+    from cam_core.methods.attention import rollout
+
+    a = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    res = rollout(_attention_context(0, [a[None]]), 0)  # 0.5 A + 0.5 I = [[.5, .5], [0, 1]]
+    torch.testing.assert_close(res.map, torch.tensor([[0.25, 0.75]]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_rollout_stays_on_the_attentions_device():
+    from cam_core.methods.attention import rollout
+
+    a = torch.tensor([[1.0, 0.5, 0.5], [0.8, 2.4, 0.8], [0.8, 0.8, 6.4]], device="cuda")
+    res = rollout(_attention_context(1, [a[None]]), 0)
+    assert res.map.device.type == "cuda"
+    torch.testing.assert_close(res.map.cpu(), torch.tensor([[1 / 6, 1 / 6]]))
+
+
+def test_attention_methods_on_a_model_without_attention_maps_say_so():
+    from cam_core.methods.attention import rollout
+    from cam_core.methods.base import MethodError
+
+    with pytest.raises(MethodError) as err:
+        rollout(_attention_context(1, []), 0)
+    assert str(err.value) == "tiny-vit gave no attention maps (not a ViT with timm attention blocks)"
+
+
 def test_two_step_training_smoke_run_and_the_model_loads(testbed, tmp_path):
     from cam_core.backbones import load_testbed
 
