@@ -46,12 +46,59 @@ def test_16bit_grayscale_png_is_scaled_not_clipped():
     assert any("16 bit" in n for n in img.notes)
 
 
+def _gray_image(mode, values):
+    """A 1-row image of `mode` holding `values` (put pixel by pixel: Pillow keeps the mode)."""
+    img = Image.new(mode, (len(values), 1))
+    for x, v in enumerate(values):
+        img.putpixel((x, 0), v)
+    assert img.mode == mode
+    return img
+
+
+_GRAY = "grayscale image repeated on three channels"
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I;16N"])
+def test_every_16bit_mode_is_scaled_by_257_and_says_so(mode):
+    img = load_image(_gray_image(mode, [0, 1000, 32896, 65535]), "deep.tif")
+    assert img.rgb[0, :, 0].tolist() == [0, 4, 128, 255] and (img.rgb == img.rgb[:, :, :1]).all()
+    assert img.notes == (f"{mode} image scaled from 16 bit to 8 bit", _GRAY)
+
+
+def test_32bit_integer_image_in_8bit_range_is_kept_and_clipped_below_zero():
+    """Mode I (32-bit integers) whose values fit 8 bits: taken as they are (negatives to 0), no note."""
+    img = load_image(_gray_image("I", [-5, 0, 100, 255]), "small.tif")
+    assert img.rgb[0, :, 0].tolist() == [0, 0, 100, 255]
+    assert img.notes == (_GRAY,)
+
+
+def test_32bit_integer_image_above_255_is_scaled_as_16_bit_and_clipped():
+    """Mode I with values above 255 (from 256 on): divided by 257 like 16-bit data, what falls
+    outside 0..255 clipped (not wrapped around)."""
+    img = load_image(_gray_image("I", [0, 256]), "deep.tif")
+    assert img.rgb[0, :, 0].tolist() == [0, 1]
+    assert img.notes == ("I image scaled from 16 bit to 8 bit", _GRAY)
+    img = load_image(_gray_image("I", [-514, 1000, 65535, 70000]), "deep.tif")
+    assert img.rgb[0, :, 0].tolist() == [0, 4, 255, 255]
+
+
+def test_float_image_is_min_max_scaled_with_nan_as_black():
+    """Mode F: (x - min) / (max - min) * 255, NaN as 0. min -1, max 4: -1, 0, 2, 4 -> 0, 51, 153, 255."""
+    img = load_image(_gray_image("F", [-1.0, 0.0, 2.0, 4.0, float("nan")]), "depth.tif")
+    assert img.rgb[0, :, 0].tolist() == [0, 51, 153, 255, 0]
+    assert img.notes == ("floating-point image min-max scaled to 8 bit", _GRAY)
+    # values above 255 are min-max scaled too, not taken for 16-bit data
+    assert load_image(_gray_image("F", [0.0, 102.0, 510.0]), "depth.tif").rgb[0, :, 0].tolist() == [0, 51, 255]
+    flat = load_image(_gray_image("F", [3.0, 3.0]), "flat.tif")  # no range: black, not a division by 0
+    assert flat.rgb.tolist() == [[[0, 0, 0], [0, 0, 0]]]
+
+
 def test_cmyk_jpeg_becomes_rgb():
     data = _encode(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), "JPEG", quality=95)
     img = load_image(data, "cmyk.jpg")
     r, g, b = img.rgb[16, 16].astype(int)
     assert r > 200 and g < 60 and b < 60  # pure red in CMYK
-    assert any("CMYK" in n for n in img.notes)
+    assert img.notes == ("CMYK converted to RGB",)
 
 
 def test_grayscale_repeated_on_three_channels():
