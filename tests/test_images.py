@@ -1,5 +1,7 @@
 """Every kind of bad or unusual image a new user might try: shown correctly or refused clearly."""
 
+import io
+
 import numpy as np
 import pytest
 from helpers import encode as _encode
@@ -113,6 +115,45 @@ def test_rgba_transparent_pixels_on_white():
     assert tuple(img.rgb[0, 0]) == (255, 255, 255) and tuple(img.rgb[1, 1]) == (255, 0, 0)
 
 
+def test_alpha_is_composited_on_white_exactly_and_said_for_every_alpha_mode():
+    """Transparent -> white, opaque -> the colour, black at alpha 128 -> 127 grey; RGBA, LA and PA
+    alike, with the note. An opaque RGBA is left as it is, without the note."""
+    note = ("transparent pixels composited on white",)
+    rgba = Image.new("RGBA", (3, 1))
+    for x, px in enumerate([(0, 0, 0, 0), (10, 20, 30, 255), (0, 0, 0, 128)]):
+        rgba.putpixel((x, 0), px)
+    img = load_image(rgba, "alpha.png")
+    assert img.rgb.tolist() == [[[255, 255, 255], [10, 20, 30], [127, 127, 127]]] and img.notes == note
+    la = Image.new("LA", (2, 1))
+    la.putpixel((0, 0), (0, 0))
+    la.putpixel((1, 0), (50, 255))
+    img = load_image(la, "la.png")
+    assert img.rgb.tolist() == [[[255, 255, 255], [50, 50, 50]]] and img.notes == note
+    pa = Image.new("PA", (2, 1))
+    pa.putpalette([0, 0, 0, 50, 60, 70] + [0] * 762)
+    pa.putpixel((0, 0), (1, 0))
+    pa.putpixel((1, 0), (1, 255))
+    img = load_image(pa, "pa.png")
+    assert img.rgb.tolist() == [[[255, 255, 255], [50, 60, 70]]] and img.notes == note
+    opaque = load_image(Image.new("RGBA", (2, 1), (10, 20, 30, 255)), "opaque.png")
+    assert opaque.rgb.tolist() == [[[10, 20, 30], [10, 20, 30]]] and opaque.notes == ()
+
+
+def test_one_bit_image_is_grayscale_on_three_channels():
+    bw = Image.new("1", (2, 1))
+    bw.putpixel((1, 0), 1)
+    img = load_image(bw, "bw.png")
+    assert img.rgb.tolist() == [[[0, 0, 0], [255, 255, 255]]] and img.notes == (_GRAY,)
+
+
+def test_animated_gif_gives_its_first_frame_and_says_so():
+    red, blue = Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4), (0, 0, 255))
+    data = _encode(red, "GIF", save_all=True, append_images=[blue], duration=100)
+    for img in (load_image(data, "anim.gif"), load_image(Image.open(io.BytesIO(data)), "anim.gif")):
+        assert tuple(img.rgb[2, 2]) == (255, 0, 0) and img.notes == ("first frame of an animated image",)
+    assert load_image(_encode(red, "GIF"), "still.gif").notes == ()
+
+
 def test_palette_gif_with_transparency():
     pal = Image.new("P", (6, 6), 1)
     pal.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
@@ -130,6 +171,37 @@ def test_exif_rotated_jpeg_is_shown_upright():
     assert img.rgb.shape == (40, 20, 3)
     assert img.rgb[5, 10, 0] > 200 and img.rgb[35, 10, 0] < 50  # red now on top
     assert any("EXIF" in n for n in img.notes)
+
+
+@pytest.mark.parametrize("orientation, red_on_the_left, notes", [
+    (1, True, ()), (2, False, ("rotated according to its EXIF orientation",))])
+def test_exif_orientation_1_is_left_alone_and_2_is_mirrored(orientation, red_on_the_left, notes):
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = (255, 0, 0)  # stored: left half red
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img = load_image(_encode(Image.fromarray(arr), "JPEG", quality=95, exif=exif), "flip.jpg")
+    assert img.rgb.shape == (20, 40, 3) and (img.rgb[10, 5, 0] > 200) == red_on_the_left
+    assert (img.rgb[10, 35, 0] > 200) != red_on_the_left and img.notes == notes
+
+
+def test_pil_images_are_refused_by_name_when_empty_oversized_or_broken():
+    with pytest.raises(ImageError) as err:
+        load_image(Image.new("RGB", (0, 0)), "empty.png")
+    assert str(err.value) == "empty.png: the image has no pixels (0x0)"
+    with pytest.raises(ImageError, match=r"^big\.png: 10x10 is 0\.0001 megapixels, above the limit of 5e-05"):
+        load_image(Image.new("RGB", (10, 10)), "big.png", max_pixels=50)
+    cut = _encode(Image.new("RGB", (64, 64), (9, 9, 9)), "PNG")
+    lazy = Image.open(io.BytesIO(cut[: len(cut) // 2]))  # opened (header read), not decoded
+    with pytest.raises(ImageError, match=r"^cut\.png: the image data is broken or truncated: ."):
+        load_image(lazy, "cut.png")
+
+
+def test_the_hash_is_sha256_of_the_shape_then_the_pixels():
+    import hashlib
+
+    img = load_image(Image.new("RGB", (1, 1)), "black.png")
+    assert img.sha256 == hashlib.sha256(b"(1, 1, 3)" + bytes(3)).hexdigest()
 
 
 def test_same_pixels_same_hash_regardless_of_container():
