@@ -34,7 +34,7 @@ def test_huge_png_is_refused_before_decoding():
     with pytest.raises(ImageError, match=r"400 megapixels, above the limit of 40 megapixels"):
         load_image(_png_header_only(20000, 20000), "huge.png")
     # Between our limit and Pillow's own guard (~179 MP): refused by ours, with the size.
-    with pytest.raises(ImageError, match=r"8000x6000 is 48 megapixels, above the limit of 40"):
+    with pytest.raises(ImageError, match=r"^big\.png: 8000x6000 is 48 megapixels, above the limit of 40"):
         load_image(_png_header_only(8000, 6000), "big.png")
     assert MAX_PIXELS == 40_000_000
 
@@ -270,6 +270,74 @@ def test_load_image_accepts_uint8_arrays_and_byte_buffers(tmp_path):
 def test_load_image_refuses_anything_else_clearly(bad):
     with pytest.raises(ImageError, match=r"expected a path, bytes, PIL image or H x W x 3 uint8 array, got "):
         load_image(bad)
+
+
+_EXPECTED = "expected a path, bytes, PIL image or H x W x 3 uint8 array, got "
+
+
+@pytest.mark.parametrize("bad, got", [
+    (None, "None"), (3.5, "a float"), ([1, 2, 3], "a list"),
+    (np.zeros((4, 4, 3), np.float32), "a float32 array of shape (4, 4, 3) (arrays: uint8, H x W x 3 RGB, "
+                                      "H x W x 4 RGBA or H x W grayscale)"),
+    (np.zeros((4, 4, 5), np.uint8), "a uint8 array of shape (4, 4, 5) (arrays: uint8, H x W x 3 RGB, "
+                                    "H x W x 4 RGBA or H x W grayscale)"),
+])
+def test_what_was_passed_instead_of_an_image_is_named_exactly(bad, got):
+    with pytest.raises(ImageError) as err:
+        load_image(bad)
+    assert str(err.value) == _EXPECTED + got
+
+
+def test_default_names_of_each_kind_of_input(tmp_path):
+    """Without a name: a file's own name, a PIL image's file name (else "image"), "array", "upload"."""
+    data = _encode(Image.new("RGB", (3, 2), (1, 2, 3)), "PNG")
+    (tmp_path / "cat.png").write_bytes(data)
+    assert load_image(tmp_path / "cat.png").name == "cat.png"
+    assert load_image(str(tmp_path / "cat.png")).name == "cat.png"
+    with Image.open(tmp_path / "cat.png") as opened:
+        assert load_image(opened).name == "cat.png"
+    assert load_image(Image.new("RGB", (3, 2))).name == "image"
+    assert load_image(Image.open(io.BytesIO(data))).name == "image"
+    for arr in (np.zeros((2, 3, 3), np.uint8), np.zeros((2, 3), np.uint8), np.zeros((2, 3, 4), np.uint8)):
+        assert load_image(arr).name == "array"
+    assert load_image(data).name == "upload"
+
+
+def test_unreadable_paths_are_refused_with_the_reason(tmp_path):
+    with pytest.raises(ImageError) as err:
+        load_image(tmp_path / "gone.png")
+    assert str(err.value) == f"{tmp_path / 'gone.png'}: no such file"
+    with pytest.raises(ImageError) as err:
+        load_image(tmp_path, "photos")
+    assert str(err.value) == "photos: is a folder, not an image"
+    with pytest.raises(ImageError) as err:
+        load_image(tmp_path / ("a" * 300), "long.png")
+    assert str(err.value) == "long.png: cannot read the file: File name too long"
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageError) as err:
+        load_image(tmp_path / "empty.png")
+    assert str(err.value) == "empty.png: the file is empty (0 bytes)"
+
+
+def test_the_file_size_limit_is_exact_and_its_message_gives_both_sizes(tmp_path, monkeypatch):
+    import cam_core.images as images
+
+    data = _encode(Image.new("RGB", (3, 2), (1, 2, 3)), "PNG")
+    (tmp_path / "at.png").write_bytes(data)
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", len(data))
+    assert load_image(tmp_path / "at.png").rgb.shape == (2, 3, 3)  # exactly the limit passes
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", 2 * 2**20)
+    (tmp_path / "big.png").write_bytes(data + bytes(3 * 2**20))
+    with pytest.raises(ImageError) as err:
+        load_image(tmp_path / "big.png")
+    assert str(err.value) == "big.png: file is 3 MB, above the 2 MB limit"
+
+
+def test_a_decompression_bomb_is_refused_with_its_size_and_our_limit():
+    with pytest.raises(ImageError) as err:
+        load_image(_png_header_only(20000, 20000), "huge.png", max_pixels=1_000_000)
+    assert str(err.value) == ("huge.png: image is too large (400 megapixels, above the limit of 1 megapixels); "
+                              "downscale it first")
 
 
 def test_from_array_refuses_empty_and_oversized_arrays():
