@@ -352,6 +352,27 @@ def test_from_array_refuses_empty_and_oversized_arrays():
         load_image(np.zeros((0, 3), np.uint8))
 
 
+def test_from_array_names_hashes_and_refuses_exactly():
+    import hashlib
+
+    black = from_array(np.zeros((1, 1, 3), np.uint8))
+    assert black.name == "array" and black.notes == ()
+    assert black.sha256 == hashlib.sha256(b"(1, 1, 3)" + bytes(3)).hexdigest()
+    assert from_array(np.zeros((1, 1, 3), np.uint8), "mine").name == "mine"
+    for bad, got in ((np.zeros((2, 3, 4), np.uint8), "(2, 3, 4) uint8"), (np.zeros((2, 3), np.uint8), "(2, 3) uint8"),
+                     (np.zeros((2, 3, 3), np.float32), "(2, 3, 3) float32")):
+        with pytest.raises(ImageError) as err:
+            from_array(bad)
+        assert str(err.value) == f"expected an H x W x 3 uint8 array, got {got}"
+    with pytest.raises(ImageError) as err:
+        from_array(np.zeros((0, 5, 3), np.uint8))
+    assert str(err.value) == "array: the image has no pixels (0 x 5 (H x W))"
+    for arr in (np.zeros((0, 3), np.uint8), np.zeros((0, 3, 4), np.uint8)):  # through load_image
+        with pytest.raises(ImageError) as err:
+            load_image(arr, "blank")
+        assert str(err.value) == "blank: the image has no pixels (0 x 3 (H x W))"
+
+
 def test_the_40_megapixel_limit_is_exact_and_its_message_is_honest():
     # exactly 40 MP passes the size check (its fake pixel data then fails to decode)
     with pytest.raises(ImageError) as exc:
