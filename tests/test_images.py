@@ -402,6 +402,22 @@ def test_relative_name_is_tried_under_every_allowed_folder_in_order(tmp_path):
         resolve_under("nowhere.png", [a, b])
 
 
+def test_resolve_under_messages_name_the_folders_exactly(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    cases = [("nope.png", f"nope.png: no such file under {a}, {b}"),  # tried under each, in order
+             (str(a / "nope.png"), f"{a / 'nope.png'}: no such file under {a}"),  # absolute: its own folder only
+             ("/etc/passwd", f"/etc/passwd: outside the allowed folders ({a}, {b})"),
+             ("x" * 300, f"{'x' * 300}: cannot be resolved: File name too long")]
+    for typed, message in cases:
+        with pytest.raises(ImageError) as err:
+            resolve_under(typed, [a, b])
+        assert str(err.value) == message
+    (a / "loop").symlink_to(a / "loop")  # Python < 3.13: a RuntimeError, which has no strerror
+    with pytest.raises(ImageError, match=r"^loop: cannot be resolved: "):
+        resolve_under("loop", [a, b])
+
+
 @pytest.mark.parametrize("typed,msg", [
     ("x\0.png", "NUL"),
     ("a" * 300 + ".png", "File name too long"),
