@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import Cancelled
+from .methods.cicam import is_cicam_model
 
 PIXEL = "pixel"
 BANK_FG = "bank pixel (foreground)"
@@ -257,9 +258,7 @@ class DictionaryView:
 
 
 def is_cicam(backbone) -> bool:
-    from .testbed.cicam import CICAM
-
-    return isinstance(getattr(backbone, "model", None), CICAM)
+    return is_cicam_model(getattr(backbone, "model", None))
 
 
 def dictionary_view(fwd) -> DictionaryView:

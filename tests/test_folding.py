@@ -1,6 +1,7 @@
 """The BatchNorm-folded copy used for gradient-free batches: same logits, folded only where
 that is right, and the shared model left as it was."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -65,26 +66,39 @@ def test_batch_model_is_built_once_and_drops_the_models_hooks():
     assert seen == []  # another caller's tap on the shared model never fires on the copy
 
 
-def test_timms_batchnorm_act_layers_are_folded_and_keep_their_activation():
-    """EfficientNet-Lite0's BatchNorms are timm BatchNormAct2d (normalise, drop, ReLU6): each one
-    after a convolution is folded away and its activation kept. (The logits check alone would
-    hide a wrong tail: the copy would be refused and the model used, with the same logits.)"""
+def _timm_lite0():
     import timm
-    from timm.layers import BatchNormAct2d
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=10).eval()
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=10)
+
+
+def _our_lite0():
+    from cam_core.backbones.efficientnet_lite import EfficientNetLite
+
+    return EfficientNetLite(0, num_classes=10)
+
+
+@pytest.mark.parametrize("build", [_timm_lite0, _our_lite0], ids=["timm", "ours"])
+def test_batchnorm_act_layers_are_folded_and_keep_their_activation(build):
+    """EfficientNet-Lite0's BatchNorms are BatchNormAct2d (normalise, drop, ReLU6), timm's or our
+    build's: each one after a convolution is folded away and its activation kept. (The logits
+    check alone would hide a wrong tail: the copy would be refused and the model used, with the
+    same logits.)"""
+    model = build().eval()
+    bn_act_type = type(model.bn1)
+    assert bn_act_type.__name__ == "BatchNormAct2d"
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # non-trivial statistics, so that folding changes the weights
         for m in model.modules():
-            if isinstance(m, BatchNormAct2d):
+            if isinstance(m, bn_act_type):
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
     x = torch.randn(2, 3, 64, 64, generator=g)
-    bn_acts = sum(isinstance(m, BatchNormAct2d) for m in model.modules())
+    bn_acts = sum(isinstance(m, bn_act_type) for m in model.modules())
     acts = sum(isinstance(m, nn.ReLU6) for m in model.modules())
     folded = batch_model(model, x)
     assert folded is not model
-    assert sum(isinstance(m, BatchNormAct2d) for m in folded.modules()) == 0 < bn_acts
+    assert sum(isinstance(m, bn_act_type) for m in folded.modules()) == 0 < bn_acts
     assert sum(isinstance(m, nn.ReLU6) for m in folded.modules()) == acts
     with torch.no_grad():
         assert torch.allclose(folded(x), model(x), atol=1e-4, rtol=1e-4)

@@ -13,6 +13,7 @@ a probe input; otherwise the model itself is used.
 from __future__ import annotations
 
 import copy
+import sys
 import threading
 import weakref
 
@@ -20,10 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-try:
-    from timm.layers import BatchNormAct2d
-except ImportError:  # timm is a dependency; this keeps the module importable without it
-    BatchNormAct2d = None
+from .efficientnet_lite import BatchNormAct2d
 
 # The folded copy must give the model's logits to float32 rounding.
 TOLERANCE = 1e-4
@@ -39,7 +37,9 @@ def _tail(bn: nn.Module) -> nn.Module | None:
     for BatchNorm subclasses whose forward we do not know."""
     if type(bn) is nn.BatchNorm2d:
         return nn.Identity()
-    if BatchNormAct2d is not None and type(bn) is BatchNormAct2d:
+    # Ours or timm's (not imported here: a timm model's module has imported it already)
+    timm_layers = sys.modules.get("timm.layers")
+    if type(bn) is BatchNormAct2d or (timm_layers is not None and type(bn) is timm_layers.BatchNormAct2d):
         return nn.Sequential(bn.drop, bn.act)  # BatchNormAct2d: normalise, then drop, then act
     return None
 

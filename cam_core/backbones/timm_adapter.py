@@ -53,7 +53,8 @@ def wrap_timm(
 ) -> Backbone:
     """Build a Backbone around a timm model: preprocessing from its pretrained config (or
     `data_config`: input_size, mean, std, interpolation), layouts and head from the model."""
-    from timm.data import resolve_data_config
+    if data_config is None:
+        from timm.data import resolve_data_config
 
     cfg = data_config or resolve_data_config({}, model=model)
     _, h, w = cfg["input_size"]

@@ -4,6 +4,7 @@ with the class-CAM dictionary, so it applies only to such backbones."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -11,10 +12,12 @@ import torch
 from .base import NEEDS_HEAD, MethodContext, MethodOutput, MethodSpec, Param, register
 
 
-def _is_cicam(backbone) -> bool:
-    from ..testbed.cicam import CICAM
-
-    return isinstance(backbone.model, CICAM)
+def is_cicam_model(model) -> bool:
+    """Whether `model` is a CI-CAM network. Without importing cam_core.testbed.cicam, which
+    imports timm (~1.6 s of the app's start, see backbones/efficientnet_lite.py): a CI-CAM
+    model exists only once that module has been imported."""
+    module = sys.modules.get(f"{__package__.rpartition('.')[0]}.testbed.cicam")
+    return module is not None and isinstance(model, module.CICAM)
 
 
 def cicam(ctx: MethodContext, target: int, mode: str = "class") -> MethodOutput:
@@ -34,7 +37,7 @@ def cicam(ctx: MethodContext, target: int, mode: str = "class") -> MethodOutput:
 @dataclass(frozen=True)
 class _CICAMSpec(MethodSpec):
     def refusal(self, backbone) -> str | None:
-        if not _is_cicam(backbone):
+        if not is_cicam_model(getattr(backbone, "model", None)):
             return (f"{self.label} does not apply to {backbone.name}: it reads the causal-intervention branch of a "
                     "CI-CAM network (the backbones testbed2-ci-cam and testbed2-kd-ci-cam)")
         return super().refusal(backbone)

