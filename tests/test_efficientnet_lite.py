@@ -90,7 +90,8 @@ def test_imagenet_names_are_timms_without_importing_it():
     code = ("import sys; from cam_core.backbones.names import imagenet_class_names as f; n = f(); "
             "assert 'timm' not in sys.modules, 'timm imported'; "
             "from timm.data import ImageNetInfo; i = ImageNetInfo(); "
-            "assert n == [i.index_to_description(k) for k in range(1000)]; print(len(n), n[281])")
+            "assert n == [i.index_to_description(k) for k in range(1000)]; assert f() is not n; "
+            "print(len(n), n[281])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["1000", "tabby,", "tabby", "cat"]

@@ -10,23 +10,27 @@ from pathlib import Path
 from .backbone import BackboneError
 
 
-@lru_cache(maxsize=1)
 def imagenet_class_names() -> list[str]:
     """timm's ImageNet-1k names (ImageNetInfo's descriptions: each synset's WordNet lemmas),
     read from the files timm ships without importing timm (~1.6 s: see efficientnet_lite.py);
-    through ImageNetInfo if those files have moved."""
+    through ImageNetInfo if those files have moved. A new list each call."""
+    return list(_imagenet_names())
+
+
+@lru_cache(maxsize=1)
+def _imagenet_names() -> tuple[str, ...]:
     spec = importlib.util.find_spec("timm")  # locates the package without running it
     info = Path(next(iter(spec.submodule_search_locations))) / "data" / "_info" if spec else None
     try:
         synsets = (info / "imagenet_synsets.txt").read_text(encoding="utf-8").splitlines()
         with open(info / "imagenet_synset_to_lemma.txt", encoding="utf-8", newline="") as f:
             lemmas = dict(csv.reader(f, delimiter="\t"))
-        return [lemmas[s] for s in synsets]
+        return tuple(lemmas[s] for s in synsets)
     except (OSError, TypeError, KeyError, ValueError):
         from timm.data import ImageNetInfo
 
         data = ImageNetInfo()
-        return [data.index_to_description(i) for i in range(data.num_classes())]
+        return tuple(data.index_to_description(i) for i in range(data.num_classes()))
 
 
 def class_names_for(num_classes: int, names_file: str | Path | None = None) -> list[str]:
