@@ -12,6 +12,12 @@ Playwright, as tests/test_browser.py does) and measures from page.goto() to:
 It also prints the server start time (process start to /_stcore/health answering) and the
 load average, because on a shared machine the numbers mean little without it. Issue 9's
 goal: first tiles within 3 s on the 2-core machine, with nothing else running.
+
+Measured on the 2-core machine (2026-11-28, --repeats 5, back to back, the same conditions):
+the code before the default backbone was built without timm (867b84d) median 4.02 s to the
+first tile, 4.14 s to all five; after it (Lite0 in plain PyTorch, no timm import on the first
+page) 2.70 s and 2.92 s. Other quiet runs of --repeats 7: 2.56 s and 2.61 s (single runs
+2.2-3.9 s: the server and Chromium share the two cores).
 """
 
 from __future__ import annotations
