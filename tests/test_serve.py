@@ -49,3 +49,17 @@ def test_a_failed_preload_leaves_the_error_to_the_page(monkeypatch):
             common.get_explainer("no_such_backbone_xyz", "cpu")
     finally:
         common.get_explainer.clear()
+
+
+def test_the_preload_imports_neither_timm_nor_torchvision():
+    """What the server loads before the first tiles (the first page's modules and Lite0) leaves
+    out timm, whose import (with torchvision and torch._dynamo) took 1.6 s of the 2-core
+    machine's ~2.7 s to the first tile (bench/bench_first_tiles.py)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ui import preload; preload.start().result(); "
+            "print(sorted(m for m in ('timm', 'torchvision', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
